@@ -1,0 +1,395 @@
+r"""Normalizing flows: a multiscale image flow and a tabular coupling flow.
+
+Both map data to a standard normal latent, :math:`z = f^{-1}(x)`, and give
+
+.. math:: \log p(x) = \log \mathcal N(f^{-1}(x); 0, I) + \log\left|\det \frac{\partial f^{-1}}{\partial x}\right|
+
+in nats per sample (Dinh et al., 2017, RealNVP; Kingma & Dhariwal, 2018, Glow).
+``encode`` is :math:`f^{-1}` (data -> latent) and ``decode`` is :math:`f`
+(latent -> data); both are pure functions of their input, usable with
+``torch.func`` (``jacfwd``/``vmap``) for Jacobian-based LID.
+
+Conventions for images (stated once, used everywhere):
+
+* the module takes pixels ``x`` in [0, 1] on the 8-bit grid (``k / 255``);
+* dequantization: :math:`v = (k + u) / 256`, :math:`u \sim U[0, 1)^D`, so
+  :math:`v \in [0, 1)^D`; ``log_prob`` is the density of :math:`v` (nats);
+* the logit transform :math:`y = \mathrm{logit}(\alpha + (1 - \alpha) v)`,
+  :math:`\alpha = 0.05`, is part of the model and its log-determinant counts
+  in :math:`\log p`;
+* bits/dim :math:`= -\log p(v) / (D \ln 2) + \log_2 256`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = [
+    "ActNorm",
+    "InvertibleConv1x1",
+    "AffineCoupling",
+    "ImageFlow",
+    "TabularFlow",
+    "dequantize",
+    "bits_per_dim",
+    "standard_normal_logpdf",
+]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def standard_normal_logpdf(z: torch.Tensor) -> torch.Tensor:
+    r"""Per-sample :math:`\log \mathcal N(z; 0, I) = -\tfrac12 (\|z\|^2 + D \log 2\pi)`."""
+    z = z.flatten(1)
+    return -0.5 * (z.pow(2).sum(1) + z.shape[1] * _LOG_2PI)
+
+
+def dequantize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    r"""Uniform dequantization :math:`v = (\mathrm{round}(255 x) + u) / 256`, :math:`u \sim U[0,1)`.
+
+    ``x`` holds 8-bit pixels scaled to [0, 1]. The noise is drawn from
+    ``generator`` (never differentiated).
+    """
+    k = torch.round(x * 255.0)
+    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return (k + u) / 256.0
+
+
+def bits_per_dim(log_prob: torch.Tensor, n_dims: int) -> torch.Tensor:
+    r"""Bits per dimension of 8-bit data from the density of dequantized :math:`v \in [0,1)^D`.
+
+    :math:`\mathrm{bpd} = -\log p(v) / (D \ln 2) + \log_2 256`.
+    """
+    return -log_prob / (n_dims * math.log(2.0)) + 8.0
+
+
+def _sum_except_batch(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).sum(1)
+
+
+class ActNorm(nn.Module):
+    r"""Per-channel affine map :math:`y = (x + b) \odot e^{s}` (Glow), data-initialised.
+
+    On the first training batch, ``b`` and ``s`` are set so the output has zero
+    mean and unit variance per channel. Works on (n, C) and (n, C, H, W).
+    """
+
+    def __init__(self, n_channels: int):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(n_channels))
+        self.log_scale = nn.Parameter(torch.zeros(n_channels))
+        self.register_buffer("initialized", torch.tensor(False))
+
+    def _shape(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return t.view(1, -1, *([1] * (x.dim() - 2)))
+
+    def _pixels(self, x: torch.Tensor) -> int:
+        return int(math.prod(x.shape[2:])) if x.dim() > 2 else 1
+
+    @torch.no_grad()
+    def _initialize(self, x: torch.Tensor) -> None:
+        dims = [0] + list(range(2, x.dim()))
+        mean = x.mean(dims)
+        std = x.std(dims).clamp_min(1e-6)
+        self.bias.copy_(-mean)
+        self.log_scale.copy_(-torch.log(std))
+        self.initialized.fill_(True)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.training and not bool(self.initialized):
+            self._initialize(x)
+        y = (x + self._shape(self.bias, x)) * torch.exp(self._shape(self.log_scale, x))
+        logdet = self.log_scale.sum() * self._pixels(x)
+        return y, logdet.expand(x.shape[0])
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        return y * torch.exp(-self._shape(self.log_scale, y)) - self._shape(self.bias, y)
+
+
+class InvertibleConv1x1(nn.Module):
+    r"""Invertible channel mixing :math:`y = W x` (Glow), log-det :math:`HW \log|\det W|`.
+
+    ``W`` starts as a random orthogonal matrix. Works on (n, C) and (n, C, H, W).
+    """
+
+    def __init__(self, n_channels: int, generator: torch.Generator | None = None):
+        super().__init__()
+        w = torch.linalg.qr(torch.randn(n_channels, n_channels, generator=generator))[0]
+        self.weight = nn.Parameter(w)
+
+    def _mix(self, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:
+            return x @ w.T
+        return torch.einsum("ij,njhw->nihw", w, x)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pixels = int(math.prod(x.shape[2:])) if x.dim() > 2 else 1
+        logdet = torch.linalg.slogdet(self.weight)[1] * pixels
+        return self._mix(self.weight, x), logdet.expand(x.shape[0])
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        return self._mix(torch.linalg.inv(self.weight), y)
+
+
+class AffineCoupling(nn.Module):
+    r"""Affine coupling (RealNVP/Glow) on the channel halves :math:`x = (x_a, x_b)`.
+
+    :math:`(t, r) = \mathrm{net}(x_a)`, :math:`s = \sigma(r + 2)`,
+    :math:`y_b = (x_b + t) \odot s`, :math:`y_a = x_a`,
+    :math:`\log|\det| = \sum \log s`. The sigmoid scale keeps the map
+    well-conditioned (Glow's code). The net's last layer starts at zero, so the
+    coupling starts near the identity.
+    """
+
+    def __init__(self, net: nn.Module, n_channels: int):
+        super().__init__()
+        self.net = net
+        self.split = n_channels // 2
+
+    def _params(self, x_a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.net(x_a)
+        shift, raw = h[:, 0::2], h[:, 1::2]
+        return shift, torch.sigmoid(raw + 2.0)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x_a, x_b = x[:, : self.split], x[:, self.split :]
+        shift, scale = self._params(x_a)
+        y_b = (x_b + shift) * scale
+        return torch.cat([x_a, y_b], 1), _sum_except_batch(torch.log(scale))
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        y_a, y_b = y[:, : self.split], y[:, self.split :]
+        shift, scale = self._params(y_a)
+        return torch.cat([y_a, y_b / scale - shift], 1)
+
+
+class _Reverse(nn.Module):
+    """Reverse the channel order (volume preserving), so each half gets transformed."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x.flip(1), x.new_zeros(x.shape[0])
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        return y.flip(1)
+
+
+def _conv_net(c_in: int, c_out: int, hidden: int) -> nn.Sequential:
+    last = nn.Conv2d(hidden, c_out, 3, padding=1)
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
+    return nn.Sequential(
+        nn.Conv2d(c_in, hidden, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(hidden, hidden, 3, padding=1),
+        nn.ReLU(),
+        last,
+    )
+
+
+def _mlp_net(d_in: int, d_out: int, hidden: int) -> nn.Sequential:
+    last = nn.Linear(hidden, d_out)
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
+    return nn.Sequential(
+        nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), last
+    )
+
+
+def _squeeze(x: torch.Tensor) -> torch.Tensor:
+    """(n, C, H, W) -> (n, 4C, H/2, W/2), space to depth."""
+    n, c, h, w = x.shape
+    x = x.reshape(n, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4)
+    return x.reshape(n, c * 4, h // 2, w // 2)
+
+
+def _unsqueeze(x: torch.Tensor) -> torch.Tensor:
+    n, c, h, w = x.shape
+    x = x.reshape(n, c // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3)
+    return x.reshape(n, c // 4, h * 2, w * 2)
+
+
+class _FlowSequence(nn.Module):
+    """A chain of invertible layers, each returning ``(y, logdet)``."""
+
+    def __init__(self, layers: list[nn.Module]):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        total = x.new_zeros(x.shape[0])
+        for layer in self.layers:
+            x, logdet = layer(x)
+            total = total + logdet
+        return x, total
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        for layer in reversed(self.layers):
+            y = layer.inverse(y)
+        return y
+
+
+def _glow_steps(n_channels: int, n_steps: int, make_net, generator) -> _FlowSequence:
+    layers: list[nn.Module] = []
+    for _ in range(n_steps):
+        layers += [
+            ActNorm(n_channels),
+            InvertibleConv1x1(n_channels, generator),
+            AffineCoupling(make_net(n_channels // 2, 2 * (n_channels - n_channels // 2)), n_channels),
+        ]
+    return _FlowSequence(layers)
+
+
+class ImageFlow(nn.Module):
+    r"""Multiscale Glow-style flow for images (Dinh et al., 2017; Kingma & Dhariwal, 2018).
+
+    Data path (``encode``, :math:`f^{-1}`): dequantized pixels
+    :math:`v \in [0,1)^{C \times H \times W}` :math:`\to`
+    :math:`y = \mathrm{logit}(\alpha + (1-\alpha) v)` :math:`\to` per level:
+    squeeze, ``steps_per_level`` x (ActNorm, 1x1 conv, affine coupling), then
+    half the channels factored out as latents (all levels but the last).
+    Every latent is standard normal. Log-determinant of the logit step:
+    :math:`\sum_i \log(1-\alpha) - \log s_i - \log(1 - s_i)`,
+    :math:`s = \alpha + (1-\alpha) v`.
+
+    Parameters
+    ----------
+    input_shape : (C, H, W); H and W divisible by ``2 ** n_levels``.
+    n_levels, steps_per_level, hidden : architecture (hidden = coupling-net width).
+    alpha : logit squashing constant (0.05 as the reference code).
+    """
+
+    def __init__(
+        self,
+        input_shape: tuple[int, int, int] = (1, 28, 28),
+        n_levels: int = 2,
+        steps_per_level: int = 8,
+        hidden: int = 128,
+        alpha: float = 0.05,
+        seed: int = 0,
+    ):
+        super().__init__()
+        c, h, w = input_shape
+        if h % (2**n_levels) or w % (2**n_levels):
+            raise ValueError(
+                f"ImageFlow needs H and W divisible by 2**n_levels={2**n_levels}, got {input_shape}."
+            )
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.alpha = float(alpha)
+        self.n_dims = int(c * h * w)
+        generator = torch.Generator().manual_seed(seed)
+        levels, shapes = [], []
+        channels, height, width = c, h, w
+        for level in range(n_levels):
+            channels, height, width = channels * 4, height // 2, width // 2
+            levels.append(
+                _glow_steps(channels, steps_per_level, lambda i, o: _conv_net(i, o, hidden), generator)
+            )
+            if level < n_levels - 1:
+                shapes.append((channels // 2, height, width))
+                channels //= 2
+        shapes.append((channels, height, width))
+        self.levels = nn.ModuleList(levels)
+        self.latent_shapes = shapes
+
+    def _logit(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.alpha + (1.0 - self.alpha) * v
+        y = torch.log(s) - torch.log1p(-s)
+        logdet = _sum_except_batch(math.log(1.0 - self.alpha) - torch.log(s) - torch.log1p(-s))
+        return y, logdet
+
+    def _sigmoid(self, y: torch.Tensor) -> torch.Tensor:
+        return (torch.sigmoid(y) - self.alpha) / (1.0 - self.alpha)
+
+    def encode_with_logdet(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``z = f^{-1}(v)`` flattened to (n, D), and ``log|det df^{-1}/dv|`` per sample."""
+        v = v.reshape(v.shape[0], *self.input_shape)
+        h, total = self._logit(v)
+        latents = []
+        for i, level in enumerate(self.levels):
+            h, logdet = level(_squeeze(h))
+            total = total + logdet
+            if i < len(self.levels) - 1:
+                half = h.shape[1] // 2
+                latents.append(h[:, :half].flatten(1))
+                h = h[:, half:]
+        latents.append(h.flatten(1))
+        return torch.cat(latents, 1), total
+
+    def encode(self, v: torch.Tensor) -> torch.Tensor:
+        """Latent ``z = f^{-1}(v)``, shape (n, D), for dequantized pixels ``v``."""
+        return self.encode_with_logdet(v)[0]
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Pixels ``v = f(z)`` in [0, 1], shape (n, C, H, W); the inverse logit is inside."""
+        sizes = [math.prod(s) for s in self.latent_shapes]
+        parts = list(torch.split(z.reshape(z.shape[0], -1), sizes, 1))
+        h = parts[-1].reshape(z.shape[0], *self.latent_shapes[-1])
+        for i in reversed(range(len(self.levels))):
+            if i < len(self.levels) - 1:
+                h = torch.cat([parts[i].reshape(z.shape[0], *self.latent_shapes[i]), h], 1)
+            h = _unsqueeze(self.levels[i].inverse(h))
+        return self._sigmoid(h)
+
+    def log_prob_dequantized(self, v: torch.Tensor) -> torch.Tensor:
+        r""":math:`\log p(v) = \log\mathcal N(f^{-1}(v)) + \log|\det \partial f^{-1}/\partial v|` (nats)."""
+        z, logdet = self.encode_with_logdet(v)
+        return standard_normal_logpdf(z) + logdet
+
+    def log_prob(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Log-density (nats) of the dequantized 8-bit pixels ``x`` in [0, 1]; noise from ``generator``."""
+        return self.log_prob_dequantized(dequantize(x, generator))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-sample training loss: ``-log p(v)`` with fresh dequantization noise."""
+        return -self.log_prob(x)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0):
+        """Draw ``n`` images (pixels in [0, 1]) by decoding ``temperature * N(0, I)``."""
+        device = next(self.parameters()).device
+        z = temperature * torch.randn(n, self.n_dims, generator=generator, device=device)
+        return self.decode(z).clamp(0.0, 1.0)
+
+
+class TabularFlow(nn.Module):
+    r"""RealNVP-style coupling flow for vectors in :math:`\mathbb R^D` (D >= 2).
+
+    ``n_layers`` x (ActNorm, linear mixing ``W`` (an invertible "1x1 conv"),
+    affine coupling with an MLP of width ``hidden``). No dequantization: data
+    are continuous; standardize them first (e.g. ``StandardScaler`` in a
+    pipeline).
+    """
+
+    def __init__(self, n_features: int, n_layers: int = 6, hidden: int = 64, seed: int = 0):
+        super().__init__()
+        if n_features < 2:
+            raise ValueError(f"TabularFlow needs at least 2 features, got {n_features}.")
+        self.n_dims = int(n_features)
+        self.input_shape = (self.n_dims,)
+        generator = torch.Generator().manual_seed(seed)
+        self.flow = _glow_steps(n_features, n_layers, lambda i, o: _mlp_net(i, o, hidden), generator)
+
+    def encode_with_logdet(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.flow(x.reshape(x.shape[0], -1))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.flow(x.reshape(x.shape[0], -1))[0]
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.flow.inverse(z)
+
+    def log_prob(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        r""":math:`\log p(x) = \log\mathcal N(f^{-1}(x)) + \log|\det \partial f^{-1}/\partial x|` (nats)."""
+        z, logdet = self.encode_with_logdet(x)
+        return standard_normal_logpdf(z) + logdet
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return -self.log_prob(x)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        device = next(self.parameters()).device
+        return self.decode(torch.randn(n, self.n_dims, generator=generator, device=device))

@@ -1,0 +1,225 @@
+"""Unsupervised training of backbones through skorch.
+
+Every backbone's ``forward(x)`` returns a per-sample loss in nats (e.g.
+``-log p(x)`` for a flow, the free-bits ELBO loss for an HVAE);
+:class:`UnsupervisedNet` minimizes its mean. The epoch loop, validation split,
+progress bar, early stopping, checkpoints and LR schedule are skorch's.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from skorch import NeuralNet
+from skorch.callbacks import (
+    Callback,
+    Checkpoint,
+    EarlyStopping,
+    GradientNormClipping,
+    LoadInitState,
+    LRScheduler,
+    ProgressBar,
+)
+from skorch.dataset import ValidSplit
+
+__all__ = [
+    "UnsupervisedNet",
+    "TimeBudget",
+    "ProgressSchedule",
+    "train_module",
+    "resolve_device",
+]
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available else CPU; any other value through ``torch.device``."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was asked for but CUDA is not available; use 'cpu' or 'auto'.")
+    return dev
+
+
+class UnsupervisedNet(NeuralNet):
+    """skorch ``NeuralNet`` whose module returns per-sample losses; the loss is their mean.
+
+    A non-finite loss stops training with :class:`FloatingPointError` instead of
+    producing a model that scores NaN.
+    """
+
+    def __init__(self, module, *args, criterion=torch.nn.Identity, **kwargs):
+        super().__init__(module, *args, criterion=criterion, **kwargs)
+
+    def get_loss(self, y_pred, y_true, X=None, training=False):
+        loss = y_pred.mean()
+        if not torch.isfinite(loss):
+            phase = "training" if training else "validation"
+            raise FloatingPointError(
+                f"The {phase} loss became {loss.item()} at epoch {len(self.history)}; "
+                "lower the learning rate (lr) or check the input data for extreme values."
+            )
+        return loss
+
+
+class TimeBudget(Callback):
+    """Stop training after the epoch during which ``seconds`` of wall time have passed."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def on_train_begin(self, net, **kwargs):
+        self.start_ = time.monotonic()
+
+    def on_epoch_end(self, net, **kwargs):
+        if time.monotonic() - self.start_ >= self.seconds:
+            raise KeyboardInterrupt  # skorch ends fit() cleanly on this
+
+
+class ProgressSchedule(Callback):
+    """Set module attributes from training progress ``p`` in [0, 1] before each batch.
+
+    ``p = max(epoch / max_epochs, elapsed / time_budget)`` (whichever budget ends
+    training first), so a schedule written in fractions of training (e.g. KL
+    warm-up over the first 20 %) holds whether training is bounded by epochs or
+    by time. ``schedules`` maps an attribute name of ``net.module_`` to a
+    function of ``p``.
+    """
+
+    def __init__(self, schedules: dict[str, Callable[[float], float]], time_budget: float | None = None):
+        self.schedules = schedules
+        self.time_budget = time_budget
+
+    def on_train_begin(self, net, X=None, y=None, **kwargs):
+        self.start_ = time.monotonic()
+        self.epoch_ = len(net.history)
+        self.batches_per_epoch_ = None
+        self.batch_ = 0
+
+    def on_epoch_begin(self, net, **kwargs):
+        self.epoch_start_batch_ = self.batch_
+
+    def on_epoch_end(self, net, **kwargs):
+        self.batches_per_epoch_ = max(self.batch_ - self.epoch_start_batch_, 1)
+        self.epoch_ = len(net.history)
+
+    def progress(self, net) -> float:
+        frac_epoch = 0.0
+        if self.batches_per_epoch_:
+            frac_epoch = (self.batch_ - self.epoch_start_batch_) / self.batches_per_epoch_
+        p = (self.epoch_ - 1 + frac_epoch) / max(net.max_epochs, 1)
+        if self.time_budget:
+            p = max(p, (time.monotonic() - self.start_) / self.time_budget)
+        return float(min(max(p, 0.0), 1.0))
+
+    def on_batch_begin(self, net, batch=None, training=False, **kwargs):
+        if not training:
+            return
+        p = self.progress(net)
+        for name, fn in self.schedules.items():
+            setattr(net.module_, name, float(fn(p)))
+        self.batch_ += 1
+
+
+def _as_float_array(X: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float32)
+    return X.reshape(len(X), *input_shape)
+
+
+def train_module(
+    module: torch.nn.Module,
+    X: np.ndarray,
+    *,
+    input_shape: tuple[int, ...],
+    max_epochs: int = 10,
+    lr: float = 1e-3,
+    batch_size: int = 128,
+    device: str | torch.device = "auto",
+    validation_fraction: float | None = 0.1,
+    patience: int | None = 5,
+    checkpoint_dir: str | Path | None = None,
+    time_budget: float | None = None,
+    schedules: dict[str, Callable[[float], float]] | None = None,
+    cosine_lr: bool = False,
+    clip_grad_norm: float | None = 100.0,
+    verbose: int = 0,
+    random_state: int = 0,
+) -> tuple[torch.nn.Module, list[dict]]:
+    """Train ``module`` on ``X`` (floats in the module's input range) with skorch.
+
+    Parameters
+    ----------
+    module : nn.Module whose ``forward`` returns per-sample losses.
+    X : array of shape (n, prod(input_shape)) or (n, *input_shape).
+    validation_fraction : held-out share for ``valid_loss`` and early stopping
+        (None: no validation split).
+    patience : early-stopping patience in epochs on ``valid_loss`` (None: off).
+    checkpoint_dir : write the best (or, with no validation split, the last)
+        parameters, optimizer and history there each epoch, and resume from
+        them when they exist (skorch ``Checkpoint`` + ``LoadInitState``).
+    time_budget : seconds after which training stops at the end of an epoch.
+    schedules : module attributes set from training progress
+        (see :class:`ProgressSchedule`).
+    cosine_lr : cosine-anneal the learning rate to 0 over ``max_epochs``.
+    verbose : 0 silent; 1 a progress bar per epoch and the epoch table.
+
+    Returns
+    -------
+    module : the trained module (in eval mode, on ``device``).
+    history : skorch's history as a list of per-epoch dicts (batches dropped).
+    """
+    torch.manual_seed(random_state)
+    np.random.seed(random_state % (2**32))
+    dev = resolve_device(device)
+    data = _as_float_array(X, input_shape)
+    use_valid = bool(validation_fraction) and len(data) >= 10
+    callbacks: list = []
+    if verbose:
+        callbacks.append(ProgressBar())
+    if clip_grad_norm:
+        callbacks.append(GradientNormClipping(clip_grad_norm))
+    if use_valid and patience:
+        callbacks.append(EarlyStopping(patience=patience, load_best=True))
+    if schedules:
+        callbacks.append(ProgressSchedule(schedules, time_budget))
+    if time_budget:
+        callbacks.append(TimeBudget(time_budget))
+    if cosine_lr:
+        callbacks.append(LRScheduler(policy="CosineAnnealingLR", T_max=max_epochs))
+    if checkpoint_dir is not None:
+        checkpoint = Checkpoint(
+            dirname=str(checkpoint_dir),
+            monitor="valid_loss_best" if use_valid else None,
+            load_best=False,
+        )
+        callbacks += [checkpoint, LoadInitState(checkpoint)]
+    net = UnsupervisedNet(
+        module,
+        max_epochs=max_epochs,
+        lr=lr,
+        batch_size=batch_size,
+        optimizer=torch.optim.Adam,
+        iterator_train__shuffle=True,
+        iterator_train__drop_last=len(data) > batch_size,
+        train_split=ValidSplit(validation_fraction, stratified=False, random_state=random_state)
+        if use_valid
+        else None,
+        callbacks=callbacks,
+        device=str(dev),
+        verbose=int(verbose),
+    )
+    net.fit(data, None)
+    train_loss = net.history[-1, "train_loss"] if len(net.history) else math.nan
+    if not math.isfinite(train_loss):
+        raise FloatingPointError("Training ended with a non-finite loss; lower lr.")
+    history = [{k: v for k, v in row.items() if k != "batches"} for row in net.history]
+    module = net.module_
+    module.eval()
+    return module, history

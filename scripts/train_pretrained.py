@@ -1,0 +1,177 @@
+"""Train a shipped backbone of ``dgmood.pretrained.REGISTRY`` and write its weights + metadata.
+
+Usage (what produced the shipped weights is recorded in each weights' JSON)::
+
+    python scripts/train_pretrained.py fmnist-flow --out dgmood/weights --time-budget 420
+    python scripts/train_pretrained.py fmnist-hvae --out dgmood/weights --time-budget 420
+
+Tiny local smoke run: ``--n-train 512 --max-epochs 1 --eval-n 64 --iwae-samples 4``.
+Writes ``<out>/<name>.pt`` (CPU state_dict) and ``<out>/<name>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dgmood.backbones.training import resolve_device, train_module  # noqa: E402
+from dgmood.datasets import load_fashion_mnist, load_mnist  # noqa: E402
+from dgmood.pretrained import REGISTRY, build_module, sha256  # noqa: E402
+
+
+def _batches(X: np.ndarray, batch_size: int, device, shape):
+    for i in range(0, len(X), batch_size):
+        yield torch.as_tensor(X[i : i + batch_size], dtype=torch.float32, device=device).reshape(-1, *shape) / 255.0
+
+
+def _hvae_schedules():
+    # The reference's 1000-epoch schedule, in fractions of training:
+    # beta 0 -> 1 over the first 20 %; free bits constant for 20 %, then -> 0 by 40 %.
+    return {
+        "beta": lambda p: min(1.0, p / 0.2),
+        "free_bits": lambda p: 2.0 * (1.0 if p < 0.2 else max(0.0, 1.0 - (p - 0.2) / 0.2)),
+    }
+
+
+@torch.no_grad()
+def evaluate_flow(module, X_id, X_ood, device, shape, batch_size=500):
+    from dgmood.backbones.flows import bits_per_dim
+    from sklearn.metrics import roc_auc_score
+
+    out = {}
+    lps = {}
+    for name, X in (("fashion_mnist_test", X_id), ("mnist_test", X_ood)):
+        g = torch.Generator(device=device).manual_seed(0)
+        lp = torch.cat([module.log_prob(xb, generator=g).double().cpu() for xb in _batches(X, batch_size, device, shape)])
+        lps[name] = lp.numpy()
+        out[f"{name}_bits_per_dim"] = float(bits_per_dim(lp, module.n_dims).mean())
+        out[f"{name}_n"] = int(len(X))
+    y = np.r_[np.zeros(len(X_id)), np.ones(len(X_ood))]
+    out["likelihood_auroc_mnist_positive"] = float(roc_auc_score(y, -np.r_[lps["fashion_mnist_test"], lps["mnist_test"]]))
+    return out
+
+
+@torch.no_grad()
+def evaluate_hvae(module, X_id, X_ood, device, shape, iwae_samples, batch_size=250):
+    from dgmood.backbones.hvae import binarize
+    from sklearn.metrics import roc_auc_score
+
+    out = {}
+    llrs = {}
+    for name, X in (("fashion_mnist_test", X_id), ("mnist_test", X_ood)):
+        g = torch.Generator(device=device).manual_seed(0)
+        elbo, iw, llr = [], [], []
+        for xb in _batches(X, batch_size, device, shape):
+            xb = binarize(xb, generator=g)
+            elbo.append(module.elbo(xb, generator=g).double().cpu())
+            iw.append(module.iwae(xb, iwae_samples, generator=g).double().cpu())
+            llr.append(module.llr_scores(xb, n_samples=16, generator=g)["llr"].double().cpu())
+        out[f"{name}_elbo"] = float(torch.cat(elbo).mean())
+        out[f"{name}_iwae{iwae_samples}"] = float(torch.cat(iw).mean())
+        out[f"{name}_n"] = int(len(X))
+        llrs[name] = torch.cat(llr).numpy()
+    y = np.r_[np.zeros(len(X_id)), np.ones(len(X_ood))]
+    for k in range(llrs["mnist_test"].shape[1]):
+        s = np.r_[llrs["fashion_mnist_test"][:, k], llrs["mnist_test"][:, k]]
+        out[f"llr_k{k}_auroc_S16"] = float(roc_auc_score(y, s))
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", choices=sorted(REGISTRY))
+    p.add_argument("--out", default="dgmood/weights")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--time-budget", type=float, default=None, help="seconds of training")
+    p.add_argument("--max-epochs", type=int, default=None)
+    p.add_argument("--n-train", type=int, default=None, help="first N training images (smoke runs)")
+    p.add_argument("--eval-n", type=int, default=2000, help="test images of each set for evaluation")
+    p.add_argument("--iwae-samples", type=int, default=250)
+    p.add_argument("--checkpoint-dir", default=None)
+    p.add_argument("--verbose", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+
+    spec = REGISTRY[args.name]
+    device = resolve_device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    X, _ = load_fashion_mnist("train")
+    if args.n_train:
+        X = X[: args.n_train]
+    train = dict(spec.train)
+    if args.max_epochs:
+        train["max_epochs"] = args.max_epochs
+    torch.manual_seed(args.seed)
+    module = build_module(args.name)
+    n_params = sum(p.numel() for p in module.parameters())
+    print(f"{args.name}: {n_params} parameters, {len(X)} training images, device {device}", flush=True)
+    t0 = time.time()
+    module, history = train_module(
+        module,
+        X.astype(np.float32) / 255.0,
+        input_shape=spec.input_shape,
+        max_epochs=train["max_epochs"],
+        lr=train["lr"],
+        batch_size=train["batch_size"],
+        device=device,
+        validation_fraction=0.1,
+        patience=None,
+        checkpoint_dir=args.checkpoint_dir,
+        time_budget=args.time_budget,
+        schedules=_hvae_schedules() if spec.kind == "hvae" else None,
+        cosine_lr=train["cosine_lr"],
+        verbose=args.verbose,
+        random_state=args.seed,
+    )
+    train_s = time.time() - t0
+    X_id = load_fashion_mnist("test")[0][: args.eval_n]
+    X_ood = load_mnist("test")[0][: args.eval_n]
+    t1 = time.time()
+    if spec.kind == "flow":
+        metrics = evaluate_flow(module, X_id, X_ood, device, spec.input_shape)
+    else:
+        metrics = evaluate_hvae(module, X_id, X_ood, device, spec.input_shape, args.iwae_samples)
+    print(json.dumps(metrics, indent=1), flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = out / f"{args.name}.pt"
+    torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, weights)
+    meta = {
+        "name": args.name,
+        "sha256": sha256(weights),
+        "architecture": {k: list(v) if isinstance(v, tuple) else v for k, v in spec.kwargs.items()},
+        "n_parameters": n_params,
+        "command": "python scripts/train_pretrained.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+        "epochs": len(history),
+        "train_seconds": round(train_s, 1),
+        "eval_seconds": round(time.time() - t1, 1),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "train_images": int(len(X)),
+        "validation_fraction": 0.1,
+        "hyperparameters": train,
+        "history": [
+            {k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else v) for k, v in row.items()
+             if k in ("epoch", "train_loss", "valid_loss", "dur")}
+            for row in history
+        ],
+        "test_metrics": metrics,
+    }
+    (out / f"{args.name}.json").write_text(json.dumps(meta, indent=1) + "\n")
+    print(f"wrote {weights} ({weights.stat().st_size / 1e6:.1f} MB)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
