@@ -1,0 +1,7 @@
+"""dgmood: out-of-distribution detection with deep generative models, the scikit-learn way."""
+
+from .detectors import LikelihoodDetector, TypicalityDetector
+
+__version__ = "0.1.0"
+
+__all__ = ["LikelihoodDetector", "TypicalityDetector", "__version__"]

@@ -47,14 +47,19 @@ def standard_normal_logpdf(z: torch.Tensor) -> torch.Tensor:
     return -0.5 * (z.pow(2).sum(1) + z.shape[1] * _LOG_2PI)
 
 
-def dequantize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def dequantize(
+    x: torch.Tensor, generator: torch.Generator | None = None, shared: bool = False
+) -> torch.Tensor:
     r"""Uniform dequantization :math:`v = (\mathrm{round}(255 x) + u) / 256`, :math:`u \sim U[0,1)`.
 
     ``x`` holds 8-bit pixels scaled to [0, 1]. The noise is drawn from
-    ``generator`` (never differentiated).
+    ``generator`` (never differentiated). With ``shared=True`` one noise image
+    serves every sample of the batch (common random numbers: a sample's value
+    then does not depend on the batch it is in).
     """
     k = torch.round(x * 255.0)
-    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    shape = (1, *x.shape[1:]) if shared else x.shape
+    u = torch.rand(shape, generator=generator, device=x.device, dtype=x.dtype)
     return (k + u) / 256.0
 
 
@@ -338,9 +343,14 @@ class ImageFlow(nn.Module):
         z, logdet = self.encode_with_logdet(v)
         return standard_normal_logpdf(z) + logdet
 
-    def log_prob(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Log-density (nats) of the dequantized 8-bit pixels ``x`` in [0, 1]; noise from ``generator``."""
-        return self.log_prob_dequantized(dequantize(x, generator))
+    def log_prob(
+        self, x: torch.Tensor, generator: torch.Generator | None = None, shared_noise: bool = False
+    ) -> torch.Tensor:
+        """Log-density (nats) of the dequantized 8-bit pixels ``x`` in [0, 1]; noise from ``generator``.
+
+        ``shared_noise``: one dequantization noise image for the whole batch (see :func:`dequantize`).
+        """
+        return self.log_prob_dequantized(dequantize(x, generator, shared_noise))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Per-sample training loss: ``-log p(v)`` with fresh dequantization noise."""
@@ -366,7 +376,9 @@ class TabularFlow(nn.Module):
     def __init__(self, n_features: int, n_layers: int = 6, hidden: int = 64, seed: int = 0):
         super().__init__()
         if n_features < 2:
-            raise ValueError(f"TabularFlow needs at least 2 features, got {n_features}.")
+            raise ValueError(
+                f"TabularFlow needs at least 2 features to couple, got n_features = {n_features}."
+            )
         self.n_dims = int(n_features)
         self.input_shape = (self.n_dims,)
         generator = torch.Generator().manual_seed(seed)
@@ -381,8 +393,13 @@ class TabularFlow(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.flow.inverse(z)
 
-    def log_prob(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        r""":math:`\log p(x) = \log\mathcal N(f^{-1}(x)) + \log|\det \partial f^{-1}/\partial x|` (nats)."""
+    def log_prob(
+        self, x: torch.Tensor, generator: torch.Generator | None = None, shared_noise: bool = False
+    ) -> torch.Tensor:
+        r""":math:`\log p(x) = \log\mathcal N(f^{-1}(x)) + \log|\det \partial f^{-1}/\partial x|` (nats).
+
+        Deterministic: ``generator`` and ``shared_noise`` are accepted for a common interface.
+        """
         z, logdet = self.encode_with_logdet(x)
         return standard_normal_logpdf(z) + logdet
 

@@ -1,0 +1,356 @@
+"""BaseDetector: the scikit-learn outlier-detector contract shared by every dgmood detector.
+
+Conventions (as :class:`sklearn.ensemble.IsolationForest`):
+
+* ``score_samples(X)``: higher = more in-distribution;
+* ``decision_function(X) = score_samples(X) - offset_``; negative = outlier;
+* ``predict(X)``: +1 in-distribution, -1 out-of-distribution;
+* ``ood_score(X) = -score_samples(X)`` (higher = more anomalous, as PyOD).
+
+``fit`` holds out ``validation_fraction`` of the data (never seen by the deep
+backbone) to calibrate the detector and set ``offset_``:
+``offset_`` is the ``contamination``-quantile of the held-out scores, so about
+that share of *new* in-distribution data is flagged. ``contamination="auto"``
+is the documented fixed rate :data:`AUTO_CONTAMINATION` (1 %).
+
+Every random draw at scoring time (dequantization noise, binarization,
+importance samples) comes from generators seeded by ``random_state`` and is
+shared by all samples (common random numbers): a sample's score does not
+depend on the batch it is in, on the other samples, or on ``batch_size``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted, check_memory, validate_data
+from tqdm.auto import tqdm
+
+from .backbones.training import resolve_device, train_module
+
+__all__ = ["BaseDetector", "AUTO_CONTAMINATION"]
+
+#: Share of held-out in-distribution data flagged when ``contamination="auto"``.
+AUTO_CONTAMINATION = 0.01
+
+
+def _seed_from(random_state) -> int:
+    if isinstance(random_state, Integral):
+        return int(random_state) % (2**31)
+    return int(check_random_state(random_state).randint(2**31 - 1))
+
+
+def _train_state(builder_args, X, train_kwargs):
+    """Build a module from ``builder_args`` and train it; returns (CPU state_dict, history).
+
+    Module-level so that ``joblib.Memory`` can cache it (keyed by its arguments).
+    """
+    build, kwargs = builder_args
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(train_kwargs["random_state"])
+        module = build(**kwargs)
+        module, history = train_module(module, X, **train_kwargs)
+    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    return state, history
+
+
+class BaseDetector(OutlierMixin, BaseEstimator):
+    """Shared validation, backbone training, batching, calibration and thresholds.
+
+    Subclasses define ``__init__`` (storing parameters untouched) and:
+
+    * ``_build_backbone(n_features)`` -> ``(callable, kwargs)`` building a fresh
+      module (used when the backbone is trained), or rely on
+      ``backbone="pretrained:<name>"`` / an ``nn.Module`` instance;
+    * ``_batch_components(module, xb, generator)`` -> dict of 1-D tensors;
+    * ``_score_from_components(components)`` -> float64 scores (higher = ID);
+    * optionally ``_calibrate(components)`` on the held-out fit data.
+    """
+
+    _parameter_constraints: dict = {
+        "backbone": [str, torch.nn.Module],
+        "backbone_params": [dict, None],
+        "input_shape": [tuple, list, None],
+        "data_range": [StrOptions({"auto", "uint8", "unit", "real"})],
+        "contamination": [StrOptions({"auto"}), Interval(Real, 0, 0.5, closed="right")],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "device": [str, torch.device],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "max_epochs": [Interval(Integral, 0, None, closed="left")],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "memory": [None, str, HasMethods(["cache"])],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    _pretrained_kind: str = ""  # which REGISTRY kind this detector accepts
+    _generator_streams = 1
+
+    # ------------------------------------------------------------------ input
+    def _image_shape(self) -> tuple[int, ...] | None:
+        shape = self.input_shape
+        if shape is None and isinstance(self.backbone, str) and self.backbone.startswith("pretrained:"):
+            from .pretrained import REGISTRY
+
+            spec = REGISTRY.get(self.backbone.split(":", 1)[1])
+            shape = spec.input_shape if spec is not None else None
+        if shape is None and isinstance(self.backbone, torch.nn.Module):
+            shape = getattr(self.backbone, "input_shape", None)
+        return tuple(int(s) for s in shape) if shape is not None else None
+
+    def _check_input_shape(self, n_features: int) -> tuple[int, ...]:
+        shape = self._image_shape()
+        if shape is None:
+            return (n_features,)
+        if any(s < 1 for s in shape) or math.prod(shape) != n_features:
+            raise ValueError(
+                f"input_shape={shape} has {math.prod(shape)} values but X has {n_features} "
+                f"features; images must be flattened to (n_samples, {math.prod(shape)})."
+            )
+        return shape
+
+    def _resolve_data_range(self, X: np.ndarray, shape: tuple[int, ...]) -> str:
+        if self.data_range != "auto":
+            return self.data_range
+        if X.dtype == np.uint8:
+            return "uint8"
+        return "unit" if len(shape) == 3 else "real"
+
+    def _validate_X(self, X, reset: bool) -> np.ndarray:
+        """Validated float32 array in the backbone's input range (2-D, finite)."""
+        X = validate_data(
+            self,
+            X,
+            reset=reset,
+            dtype="numeric",
+            accept_sparse=False,
+            ensure_all_finite=True,
+            ensure_min_samples=2 if reset else 1,
+        )
+        if X.dtype.kind not in "uifb":
+            raise ValueError(f"X must hold numbers (uint8 pixels or floats), got dtype {X.dtype}.")
+        if reset:
+            self.input_shape_ = self._check_input_shape(X.shape[1])
+            self.data_range_ = self._resolve_data_range(X, self.input_shape_)
+            if self.data_range_ == "uint8" and len(self.input_shape_) != 3:
+                raise ValueError(
+                    "X holds 8-bit pixels (uint8) but no image input_shape was given: pass "
+                    f"input_shape=(channels, height, width) with product {X.shape[1]}, e.g. (1, 28, 28); "
+                    "for tabular data pass floats with data_range='real'."
+                )
+        return self._to_model_range(X)
+
+    def _to_model_range(self, X: np.ndarray) -> np.ndarray:
+        rng = self.data_range_
+        Xf = X.astype(np.float64, copy=False)
+        if rng == "uint8":
+            if Xf.min() < 0 or Xf.max() > 255 or not np.all(Xf == np.round(Xf)):
+                raise ValueError(
+                    "Expected 8-bit pixels (integers 0..255, as at fit), got values in "
+                    f"[{Xf.min():.4g}, {Xf.max():.4g}]{'' if np.all(Xf == np.round(Xf)) else ' with fractions'}."
+                )
+            Xf = Xf / 255.0
+        elif rng == "unit":
+            if Xf.min() < 0 or Xf.max() > 1:
+                raise ValueError(
+                    f"Expected pixel values in [0, 1] (data_range='unit'), got [{Xf.min():.4g}, {Xf.max():.4g}]; "
+                    "pass uint8 0..255 images or rescale to [0, 1]."
+                )
+        return Xf.astype(np.float32)
+
+    # ------------------------------------------------------------- backbone
+    def _build_backbone(self, n_features: int):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _fit_backbone(self, X_train: np.ndarray) -> None:
+        backbone = self.backbone
+        self.history_ = []
+        if isinstance(backbone, torch.nn.Module):
+            module = copy.deepcopy(backbone).cpu()  # never move the user's module
+            if self.max_epochs > 0:
+                module, self.history_ = self._train(module, X_train)
+            self.backbone_ = module.cpu().eval()
+            return
+        if backbone.startswith("pretrained:"):
+            from .pretrained import load_pretrained
+
+            name = backbone.split(":", 1)[1]
+            module, spec = load_pretrained(name)
+            if self._pretrained_kind and spec.kind != self._pretrained_kind:
+                raise ValueError(
+                    f"{type(self).__name__} needs a {self._pretrained_kind!r} backbone; "
+                    f"{backbone!r} is a {spec.kind!r}."
+                )
+            if tuple(spec.input_shape) != tuple(self.input_shape_):
+                raise ValueError(f"{backbone!r} expects input_shape {spec.input_shape}, got {self.input_shape_}.")
+            self.backbone_ = module.eval()
+            self.backbone_metadata_ = spec.metadata()
+            return
+        build, kwargs = self._build_backbone(X_train.shape[1])
+        train_kwargs = self._train_kwargs()
+        cached = check_memory(self.memory).cache(_train_state, ignore=[])
+        state, self.history_ = cached((build, kwargs), X_train, train_kwargs)
+        module = build(**kwargs)
+        module.load_state_dict(state)
+        self.backbone_ = module.eval()
+
+    def _train_kwargs(self) -> dict:
+        return dict(
+            input_shape=self.input_shape_,
+            max_epochs=self.max_epochs,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            device=self._device(),
+            validation_fraction=0.1,
+            patience=5,
+            verbose=int(self.verbose),
+            random_state=_seed_from(self.random_state),
+            **self._extra_train_kwargs(),
+        )
+
+    def _extra_train_kwargs(self) -> dict:
+        return {}
+
+    def _train(self, module, X_train):
+        with torch.random.fork_rng(devices=[]):
+            module, history = train_module(module, X_train, **self._train_kwargs())
+        return module.cpu(), history
+
+    def _device(self) -> torch.device:
+        return resolve_device(self.device)
+
+    def _scoring_module(self) -> tuple[torch.nn.Module, torch.device]:
+        """The fitted backbone on the scoring device (a cached copy off the CPU).
+
+        A detector fitted on a GPU and loaded on a CPU-only machine scores on the CPU.
+        """
+        try:
+            device = resolve_device(self.device)
+        except ValueError:
+            warnings.warn(f"device={self.device!r} is not available here; scoring on the CPU.")
+            device = torch.device("cpu")
+        if device.type == "cpu":
+            return self.backbone_, device
+        cache = getattr(self, "_module_cache", None)
+        if cache is None or cache[0] != device:
+            cache = (device, copy.deepcopy(self.backbone_).to(device).eval())
+            self._module_cache = cache
+        return cache[1], device
+
+    # ------------------------------------------------------------- fitting
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Train (or load) the backbone on part of ``X``; calibrate on the held-out rest.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            In-distribution data: uint8 pixels 0..255, floats in [0, 1]
+            (``data_range="unit"``), or real-valued features (``"real"``).
+        y : ignored
+
+        Returns
+        -------
+        self
+        """
+        Xf = self._validate_X(X, reset=True)
+        n = len(Xf)
+        n_cal = int(round(self.validation_fraction * n))
+        n_cal = min(max(n_cal, 1), n - 1)
+        perm = check_random_state(_seed_from(self.random_state)).permutation(n)
+        X_train, X_cal = Xf[perm[n_cal:]], Xf[perm[:n_cal]]
+        self._fit_backbone(X_train)
+        components = self._components(X_cal)
+        self._calibrate(components)
+        scores = self._score_from_components(components)
+        self.calibration_scores_ = scores
+        rate = AUTO_CONTAMINATION if self.contamination == "auto" else float(self.contamination)
+        self.offset_ = float(np.quantile(scores, rate))
+        return self
+
+    def _calibrate(self, components: dict[str, np.ndarray]) -> None:
+        """Hook: fit detector-level statistics on held-out in-distribution components."""
+
+    # ------------------------------------------------------------- scoring
+    def _generators(self, device: torch.device) -> list[torch.Generator]:
+        seed = _seed_from(self.random_state)
+        return [torch.Generator(device=device).manual_seed(seed + 7919 * i) for i in range(self._generator_streams)]
+
+    @torch.no_grad()
+    def _components(self, Xf: np.ndarray) -> dict[str, np.ndarray]:
+        module, device = self._scoring_module()
+        shape = self.input_shape_
+        out: dict[str, list[np.ndarray]] = {}
+        starts = range(0, len(Xf), self.batch_size)
+        for start in tqdm(starts, disable=not self.verbose, desc=f"{type(self).__name__} scoring", leave=False):
+            xb = torch.as_tensor(Xf[start : start + self.batch_size], device=device).reshape(-1, *shape)
+            parts = self._batch_components(module, xb, self._generators(device))
+            for key, value in parts.items():
+                out.setdefault(key, []).append(value.detach().to("cpu", torch.float64).numpy())
+        components = {k: np.concatenate(v) for k, v in out.items()}
+        for key, value in components.items():
+            if not np.all(np.isfinite(value)):
+                raise FloatingPointError(
+                    f"The backbone returned non-finite {key} for {int((~np.isfinite(value)).sum())} samples; "
+                    "the model is numerically unstable on these inputs."
+                )
+        return components
+
+    def _batch_components(self, module, xb, generators) -> dict[str, torch.Tensor]:  # pragma: no cover
+        raise NotImplementedError
+
+    def _score_from_components(self, components: dict[str, np.ndarray]) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+    def score_components(self, X) -> dict[str, np.ndarray]:
+        """Per-sample components of the score (e.g. ``log_prob``, ``lid``), float64 arrays."""
+        check_is_fitted(self)
+        return self._components(self._validate_X(X, reset=False))
+
+    def score_samples(self, X) -> np.ndarray:
+        """Score of each sample: higher = more in-distribution.
+
+        Returns
+        -------
+        scores : ndarray of shape (n_samples,), float64
+        """
+        check_is_fitted(self)
+        components = self._components(self._validate_X(X, reset=False))
+        return np.asarray(self._score_from_components(components), dtype=np.float64)
+
+    def decision_function(self, X) -> np.ndarray:
+        """``score_samples(X) - offset_``: negative for predicted out-of-distribution samples."""
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X) -> np.ndarray:
+        """+1 for in-distribution, -1 for out-of-distribution samples (int array)."""
+        decision = self.decision_function(X)
+        return np.where(decision < 0, -1, 1).astype(int)
+
+    def ood_score(self, X) -> np.ndarray:
+        """``-score_samples(X)``: higher = more out-of-distribution (PyOD / pytorch-ood convention)."""
+        return -self.score_samples(X)
+
+    # ------------------------------------------------------------- pickling
+    def __getstate__(self):
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        state = dict(state)
+        state.pop("_module_cache", None)
+        if isinstance(state.get("backbone_"), torch.nn.Module):
+            state["backbone_"] = state["backbone_"].cpu()
+        return state
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        tags.input_tags.sparse = False
+        tags.non_deterministic = False
+        return tags

@@ -1,0 +1,282 @@
+"""Deployable dual-threshold rule with thresholds set on held-out ID data only.
+
+The likelihood + LID rule of Kamkari et al. (ICML 2024) calls a sample
+in-distribution iff :math:`\\log p(x) \\ge \\psi_L` **and**
+:math:`\\mathrm{LID}(x) \\ge \\psi_{\\mathrm{LID}}`. The AUROC their code reports
+tunes both thresholds on the test set (see
+:func:`dgmood.metrics.oracle_dual_auroc`). Here the thresholds come from
+held-out in-distribution data alone: each component is mapped through its
+empirical CDF on that data and the score is the smallest of them,
+
+.. math::
+
+    s(x) = \\min_j F_j(c_j(x)).
+
+Thresholding :math:`s` at :math:`q` is the dual rule with every threshold at
+the :math:`q`-quantile of its component, and :math:`q` is calibrated on the
+*joint* held-out rate so that the false-positive rate on ID data meets a target.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import ArrayLike
+from sklearn.exceptions import NotFittedError
+
+__all__ = ["EmpiricalCDF", "DualThresholdRule"]
+
+# slack for float round-off when turning a level q into an order statistic
+_EPS = 1e-9
+
+
+def _as_float_array(values: ArrayLike, name: str, ndim: int) -> np.ndarray:
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            f"{name} must be a real array; got an object of type {type(values).__name__}."
+        ) from exc
+    if arr.ndim != ndim:
+        shape = "(n_samples,)" if ndim == 1 else "(n_samples, n_components)"
+        raise ValueError(f"{name} must have shape {shape}; got an array of shape {arr.shape}.")
+    if np.isnan(arr).any():
+        raise ValueError(f"{name} contains {int(np.isnan(arr).sum())} NaN value(s); remove them first.")
+    return arr
+
+
+def _order_statistic(sorted_ref: np.ndarray, level: float) -> float:
+    """Generalised inverse :math:`F^{-1}(q) = \\min\\{v : F(v) \\ge q\\}` on sorted data."""
+    n = sorted_ref.size
+    r = int(np.ceil(level * n - _EPS))  # need #{ref <= v} >= r
+    if r <= 0:
+        return -np.inf
+    if r > n:
+        return np.inf
+    return float(sorted_ref[r - 1])
+
+
+class EmpiricalCDF:
+    """Right-continuous empirical CDF of 1-D reference values.
+
+    .. math::
+
+        F(v) = \\frac{\\#\\{i : r_i \\le v\\}}{n},
+
+    evaluated with :func:`numpy.searchsorted` (``side="right"``), so ties are
+    counted as at or below (the same values as ``scipy.stats.ecdf(r).cdf``).
+
+    Attributes
+    ----------
+    reference_ : ndarray of shape (n,)
+        The reference values, sorted ascending (float64).
+    n_samples_ : int
+    """
+
+    def fit(self, values: ArrayLike) -> "EmpiricalCDF":
+        """Store the sorted reference values.
+
+        Parameters
+        ----------
+        values : array-like of shape (n,)
+            Finite held-out in-distribution values.
+
+        Returns
+        -------
+        self
+        """
+        arr = _as_float_array(values, "values", ndim=1)
+        if arr.size == 0:
+            raise ValueError("values is empty; an empirical CDF needs at least one reference value.")
+        if not np.isfinite(arr).all():
+            raise ValueError("values must be finite to fit an empirical CDF; got +/-inf.")
+        self.reference_ = np.sort(arr)
+        self.n_samples_ = int(arr.size)
+        return self
+
+    def __call__(self, values: ArrayLike) -> np.ndarray:
+        """Evaluate :math:`F` at ``values`` (any shape; NaN rejected, +/-inf allowed)."""
+        ref = self._fitted_reference()
+        arr = np.asarray(values, dtype=np.float64)
+        if np.isnan(arr).any():
+            raise ValueError("values contains NaN; the empirical CDF is undefined there.")
+        return np.searchsorted(ref, arr, side="right") / ref.size
+
+    def quantile(self, q: float) -> float:
+        """Smallest reference value :math:`v` with :math:`F(v) \\ge q`.
+
+        Returns ``-inf`` for :math:`q \\le 0` (everything passes) and ``+inf``
+        for :math:`q > 1`.
+        """
+        return _order_statistic(self._fitted_reference(), float(q))
+
+    def _fitted_reference(self) -> np.ndarray:
+        ref = getattr(self, "reference_", None)
+        if ref is None:
+            raise NotFittedError("This EmpiricalCDF is not fitted yet; call fit(values) first.")
+        return ref
+
+
+class DualThresholdRule:
+    """Dual (multi-)threshold rule calibrated on held-out ID data.
+
+    Fitted on held-out in-distribution components :math:`c \\in \\mathbb{R}^m`
+    (e.g. ``(log p, LID)``, each oriented higher = more in-distribution), the
+    score is
+
+    .. math::
+
+        s(x) = \\min_j F_j(c_j) + \\varepsilon \\, \\frac1m \\sum_j F_j(c_j),
+
+    with :math:`F_j` the empirical CDF of component :math:`j`. The second term
+    (``tie_break`` :math:`=\\varepsilon`, default :math:`10^{-6}`) only breaks
+    ties between points with the same minimum: because every :math:`F_j` is a
+    multiple of :math:`1/n` and :math:`\\varepsilon < 1/n`, it never reorders
+    points with different minima. :math:`s` is finite, in
+    :math:`[0, 1 + \\varepsilon]`, and non-decreasing in every component.
+
+    Calling a point in-distribution iff :math:`s(x) \\ge q` is the dual rule
+    :math:`c_j \\ge \\psi_j` for all :math:`j`, with :math:`\\psi_j` the
+    :math:`q`-quantile of component :math:`j` (exactly so when
+    ``tie_break=0``; see :meth:`component_thresholds`). Since the joint
+    acceptance rate of ID data is at most :math:`1 - q`, :math:`q` is
+    calibrated on the joint held-out rate (:meth:`threshold_for_fpr`).
+
+    Parameters
+    ----------
+    tie_break : float, default=1e-6
+        Weight :math:`\\varepsilon \\ge 0` of the mean-CDF tie-breaking term;
+        must be below :math:`1/n` for the held-out size :math:`n`.
+
+    Attributes
+    ----------
+    cdfs_ : list of EmpiricalCDF
+        One per component.
+    n_components_ : int
+    n_samples_ : int
+    heldout_scores_ : ndarray of shape (n_samples_,)
+        Scores of the held-out points, sorted ascending.
+    """
+
+    def __init__(self, tie_break: float = 1e-6) -> None:
+        self.tie_break = tie_break
+
+    def fit(self, components: ArrayLike) -> "DualThresholdRule":
+        """Fit one empirical CDF per component on held-out ID data.
+
+        Parameters
+        ----------
+        components : array-like of shape (n_samples, n_components)
+            Finite held-out in-distribution values, each higher = more ID.
+
+        Returns
+        -------
+        self
+        """
+        c = _as_float_array(components, "components", ndim=2)
+        n, m = c.shape
+        if n == 0 or m == 0:
+            raise ValueError(
+                f"components must hold at least one sample and one component; got shape {c.shape}."
+            )
+        if not np.isfinite(c).all():
+            raise ValueError("components used for fit must be finite; got +/-inf.")
+        eps = float(self.tie_break)
+        if not (0.0 <= eps < 1.0 / n):
+            raise ValueError(
+                f"tie_break must be in [0, 1/n_samples) = [0, {1.0 / n:.3g}) so it never "
+                f"reorders points with different minima; got {self.tie_break!r}."
+            )
+        self.cdfs_ = [EmpiricalCDF().fit(c[:, j]) for j in range(m)]
+        self.n_components_ = m
+        self.n_samples_ = n
+        self.heldout_scores_ = np.sort(self.score(c))
+        return self
+
+    def score(self, components: ArrayLike) -> np.ndarray:
+        """Score :math:`s(x)`, higher = more in-distribution.
+
+        Parameters
+        ----------
+        components : array-like of shape (n_samples, n_components)
+            Values in the same column order as in :meth:`fit`; +/-inf allowed.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,), float64
+        """
+        self._check_fitted()
+        c = _as_float_array(components, "components", ndim=2)
+        if c.shape[1] != self.n_components_:
+            raise ValueError(
+                f"components must have {self.n_components_} column(s) as in fit; "
+                f"got shape {c.shape}."
+            )
+        f = np.column_stack([cdf(c[:, j]) for j, cdf in enumerate(self.cdfs_)])
+        if f.shape[0] == 0:
+            return np.zeros(0, dtype=np.float64)
+        return f.min(axis=1) + float(self.tie_break) * f.mean(axis=1)
+
+    def heldout_rate(self, q: float) -> float:
+        """Joint held-out rate :math:`\\#\\{i : s(x_i) < q\\} / n` (the ID points rejected)."""
+        self._check_fitted()
+        return float(np.searchsorted(self.heldout_scores_, q, side="left") / self.n_samples_)
+
+    def threshold_for_fpr(self, target: float) -> float:
+        """Level :math:`q` whose joint held-out false-positive rate is at most ``target``.
+
+        With held-out scores :math:`s_{(1)} \\le \\dots \\le s_{(n)}` and
+        :math:`k = \\lfloor \\mathrm{target} \\cdot n \\rfloor`, returns
+        :math:`q = s_{(k+1)}`, the largest level with
+        :math:`\\#\\{i : s_i < q\\} \\le k`. Flag a sample as OOD iff
+        ``score(c) < q``; on fresh ID data the rate is then close to ``target``
+        (within binomial error of the held-out size).
+
+        Parameters
+        ----------
+        target : float
+            Target false-positive rate (ID flagged as OOD), in (0, 1).
+
+        Returns
+        -------
+        float
+
+        Raises
+        ------
+        ValueError
+            If ``target`` is outside (0, 1) or below :math:`1/n`, which
+            ``n`` held-out samples cannot certify.
+        """
+        self._check_fitted()
+        if not (isinstance(target, (int, float, np.integer, np.floating)) and 0.0 < target < 1.0):
+            raise ValueError(f"target must be a false-positive rate in (0, 1); got {target!r}.")
+        n = self.n_samples_
+        k = int(np.floor(target * n + _EPS))
+        if k < 1:
+            raise ValueError(
+                f"target={target!r} is unreachable with {n} held-out samples: the smallest "
+                f"false-positive rate they can resolve is 1/n = {1.0 / n:.3g}. Use a larger "
+                f"target or at least {int(np.ceil(1.0 / target))} held-out samples."
+            )
+        return float(self.heldout_scores_[k])
+
+    def component_thresholds(self, q: float) -> np.ndarray:
+        """Per-component thresholds :math:`\\psi_j` of the dual rule behind ``score >= q``.
+
+        :math:`\\psi_j = F_j^{-1}(q - \\varepsilon) = \\min\\{v : F_j(v) \\ge q - \\varepsilon\\}`
+        on the held-out values of component :math:`j`. Every point with
+        ``score >= q`` has :math:`c_j \\ge \\psi_j` for all :math:`j`; for ``q``
+        from :meth:`threshold_for_fpr` the two rules differ only for points
+        on the boundary quantiles (and coincide when ``tie_break=0``). Meant
+        for plots (threshold lines on a likelihood-vs-LID scatter).
+
+        Returns
+        -------
+        ndarray of shape (n_components,)
+        """
+        self._check_fitted()
+        level = float(q) - float(self.tie_break)
+        return np.array([_order_statistic(cdf.reference_, level) for cdf in self.cdfs_])
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "cdfs_"):
+            raise NotFittedError("This DualThresholdRule is not fitted yet; call fit(components) first.")

@@ -1,0 +1,160 @@
+"""Tests of dgmood.thresholds: empirical CDF and the held-out dual-threshold rule."""
+
+import pickle
+
+import numpy as np
+import pytest
+from scipy import stats
+from sklearn.exceptions import NotFittedError
+
+from dgmood.thresholds import DualThresholdRule, EmpiricalCDF
+
+
+def _gaussian_components(n, seed):
+    rng = np.random.default_rng(seed)
+    cov = [[1.0, 0.5], [0.5, 2.0]]
+    return rng.multivariate_normal([0.0, 3.0], cov, size=n)
+
+
+# ---------------------------------------------------------------- EmpiricalCDF
+
+
+def test_ecdf_matches_scipy_with_ties():
+    rng = np.random.default_rng(0)
+    ref = rng.integers(0, 10, size=200).astype(float)
+    cdf = EmpiricalCDF().fit(ref)
+    x = np.r_[np.arange(-1.0, 11.0, 0.5), -np.inf, np.inf]
+    expected = stats.ecdf(ref).cdf.evaluate(x)
+    np.testing.assert_allclose(cdf(x), expected, atol=1e-15)
+    # right-continuous: a tied value counts all its copies
+    assert cdf(3.0) == np.mean(ref <= 3.0)
+    assert np.all(np.diff(cdf.reference_) >= 0)
+
+
+def test_ecdf_quantile_is_generalised_inverse():
+    ref = np.array([1.0, 2.0, 2.0, 2.0, 5.0])
+    cdf = EmpiricalCDF().fit(ref)
+    for q in np.linspace(0.01, 1.0, 40):
+        v = cdf.quantile(q)
+        assert cdf(v) >= q - 1e-12
+        assert cdf(np.nextafter(v, -np.inf)) < q
+    assert cdf.quantile(0.0) == -np.inf
+    assert cdf.quantile(1.5) == np.inf
+
+
+def test_ecdf_errors_and_pickle():
+    with pytest.raises(NotFittedError):
+        EmpiricalCDF()(0.0)
+    with pytest.raises(ValueError, match="shape"):
+        EmpiricalCDF().fit(np.ones((3, 2)))
+    with pytest.raises(ValueError, match="empty"):
+        EmpiricalCDF().fit([])
+    cdf = EmpiricalCDF().fit([3.0, 1.0, 2.0])
+    with pytest.raises(ValueError, match="NaN"):
+        cdf([np.nan])
+    clone = pickle.loads(pickle.dumps(cdf))
+    np.testing.assert_array_equal(clone([0.0, 1.5, 9.0]), cdf([0.0, 1.5, 9.0]))
+
+
+# ---------------------------------------------------------------- DualThresholdRule
+
+
+def test_score_monotone_in_each_component():
+    rule = DualThresholdRule().fit(_gaussian_components(500, 0))
+    rng = np.random.default_rng(1)
+    base = _gaussian_components(2000, 2)
+    # include held-out values themselves (ties, jumps of the ECDF)
+    base = np.r_[base, rule.cdfs_[0].reference_[:100, None] * [1.0, 0.0] + [0.0, 3.0]]
+    s0 = rule.score(base)
+    assert s0.dtype == np.float64 and np.all(np.isfinite(s0))
+    for j in range(2):
+        for delta in (rng.exponential(0.3, len(base)), np.full(len(base), 1e-9)):
+            moved = base.copy()
+            moved[:, j] += delta
+            assert np.all(rule.score(moved) >= s0)
+    # infinite components are allowed and stay finite, at the ends of the range
+    extreme = rule.score(np.array([[-np.inf, -np.inf], [np.inf, np.inf]]))
+    assert extreme[0] == 0.0 and extreme[1] == pytest.approx(1.0 + 1e-6)
+
+
+def test_tie_break_orders_equal_minima():
+    rule = DualThresholdRule().fit(_gaussian_components(500, 0))
+    lo = rule.cdfs_[0].quantile(0.1)
+    s = rule.score(np.array([[lo, 3.0], [lo, 10.0]]))  # same min, larger second ECDF
+    assert s[1] > s[0]
+    s_plain = DualThresholdRule(tie_break=0.0).fit(_gaussian_components(500, 0)).score(
+        np.array([[lo, 3.0], [lo, 10.0]])
+    )
+    assert s_plain[0] == s_plain[1] == pytest.approx(0.1)
+
+
+def test_fpr_on_fresh_id_data_within_binomial_interval():
+    """Calibrated on 5000 held-out ID points, checked on 20000 fresh ones.
+
+    Tolerance: 4 standard errors of the combined error, the fresh binomial
+    sd sqrt(p(1-p)/20000) = 0.0015 and the held-out quantile's sd
+    sqrt(p(1-p)/5000) = 0.0031, i.e. 4 * 0.0034 = 0.014, plus 2/5000 for the
+    discreteness of the ECDFs.
+    """
+    target, n_held, n_fresh = 0.05, 5000, 20000
+    rule = DualThresholdRule().fit(_gaussian_components(n_held, 10))
+    q = rule.threshold_for_fpr(target)
+    assert rule.heldout_rate(q) <= target
+    # q is the largest such level: the next held-out score above q exceeds the target
+    above = rule.heldout_scores_[rule.heldout_scores_ > q]
+    assert rule.heldout_rate(above[0]) > target
+    fresh_rate = np.mean(rule.score(_gaussian_components(n_fresh, 11)) < q)
+    var = target * (1 - target)
+    tol = 4 * np.sqrt(var / n_fresh + var / n_held) + 2 / n_held
+    assert abs(fresh_rate - target) <= tol, (fresh_rate, tol)
+
+
+def test_threshold_errors():
+    rule = DualThresholdRule().fit(_gaussian_components(500, 0))
+    with pytest.raises(ValueError, match="unreachable"):
+        rule.threshold_for_fpr(1e-3)  # < 1/500
+    rule.threshold_for_fpr(1 / 500)  # just reachable
+    for bad in (0.0, 1.0, -0.1, 5):
+        with pytest.raises(ValueError, match=r"\(0, 1\)"):
+            rule.threshold_for_fpr(bad)
+    with pytest.raises(ValueError, match="2 column"):
+        rule.score(np.ones((4, 3)))
+    with pytest.raises(ValueError, match="tie_break"):
+        DualThresholdRule(tie_break=0.01).fit(_gaussian_components(500, 0))
+    with pytest.raises(ValueError, match="finite"):
+        DualThresholdRule().fit(np.array([[0.0, np.inf], [1.0, 2.0]]))
+    with pytest.raises(NotFittedError):
+        DualThresholdRule().score(np.ones((2, 2)))
+
+
+@pytest.mark.parametrize("tie_break", [0.0, 1e-6])
+def test_component_thresholds_match_score_rule(tie_break):
+    held = _gaussian_components(1000, 3)
+    rule = DualThresholdRule(tie_break=tie_break).fit(held)
+    q = rule.threshold_for_fpr(0.1)
+    psi = rule.component_thresholds(q)
+    assert psi.shape == (2,)
+    x = np.r_[_gaussian_components(3000, 4), held]
+    accepted = rule.score(x) >= q
+    dual = np.all(x >= psi, axis=1)
+    assert np.all(dual[accepted])  # score rule implies the dual rule at psi
+    if tie_break == 0.0:
+        np.testing.assert_array_equal(accepted, dual)
+    else:
+        assert np.mean(dual != accepted) < 0.005  # differ only on boundary ties
+
+
+def test_single_component_rule_is_a_quantile():
+    held = np.random.default_rng(5).normal(size=(400, 1))
+    rule = DualThresholdRule(tie_break=0.0).fit(held)
+    q = rule.threshold_for_fpr(0.05)
+    assert rule.heldout_rate(q) == pytest.approx(0.05)
+    assert rule.component_thresholds(q)[0] == np.sort(held[:, 0])[20]
+
+
+def test_rule_pickles():
+    rule = DualThresholdRule().fit(_gaussian_components(300, 0))
+    x = _gaussian_components(50, 1)
+    clone = pickle.loads(pickle.dumps(rule))
+    np.testing.assert_array_equal(clone.score(x), rule.score(x))
+    assert clone.threshold_for_fpr(0.1) == rule.threshold_for_fpr(0.1)
