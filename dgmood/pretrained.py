@@ -70,14 +70,14 @@ REGISTRY: dict[str, PretrainedSpec] = {
         kind="flow",
         builder=_image_flow,
         kwargs=dict(input_shape=(1, 28, 28), n_levels=2, steps_per_level=8, hidden=128, alpha=0.05),
-        train=dict(lr=1e-3, batch_size=64, max_epochs=40, cosine_lr=True),
+        train=dict(lr=1e-3, batch_size=64, max_epochs=40),
     ),
     "fmnist-hvae": PretrainedSpec(
         name="fmnist-hvae",
         kind="hvae",
         builder=_hvae,
         kwargs=dict(input_shape=(1, 28, 28), channels=64, free_bits=2.0),
-        train=dict(lr=3e-4, batch_size=128, max_epochs=60, cosine_lr=False),
+        train=dict(lr=3e-4, batch_size=128, max_epochs=60),
     ),
 }
 

@@ -32,7 +32,12 @@ from dgmood.pretrained import REGISTRY, build_module, sha256  # noqa: E402
 
 def _batches(X: np.ndarray, batch_size: int, device, shape):
     for i in range(0, len(X), batch_size):
-        yield torch.as_tensor(X[i : i + batch_size], dtype=torch.float32, device=device).reshape(-1, *shape) / 255.0
+        yield torch.as_tensor(np.array(X[i : i + batch_size]), dtype=torch.float32, device=device).reshape(-1, *shape) / 255.0
+
+
+def _flow_schedules(lr):
+    # linear warm-up over the first 2 % of training, then cosine decay to 0 at the end
+    return {"lr": lambda p: lr * min(1.0, p / 0.02) * 0.5 * (1.0 + math.cos(math.pi * p))}
 
 
 def _hvae_schedules():
@@ -98,6 +103,7 @@ def main(argv=None):
     p.add_argument("--n-train", type=int, default=None, help="first N training images (smoke runs)")
     p.add_argument("--eval-n", type=int, default=2000, help="test images of each set for evaluation")
     p.add_argument("--iwae-samples", type=int, default=250)
+    p.add_argument("--heldout", type=int, default=5000, help="training images never shown to the backbone")
     p.add_argument("--checkpoint-dir", default=None)
     p.add_argument("--verbose", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
@@ -107,9 +113,14 @@ def main(argv=None):
     device = resolve_device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    X, _ = load_fashion_mnist("train")
+    X_all, _ = load_fashion_mnist("train")
+    # Hold out HELDOUT training images the backbone never sees: detectors calibrate on them.
+    perm = np.random.RandomState(args.seed).permutation(len(X_all))
+    heldout = np.sort(perm[: args.heldout])
+    train_idx = np.sort(perm[args.heldout :])
     if args.n_train:
-        X = X[: args.n_train]
+        train_idx = train_idx[: args.n_train]
+    X = X_all[train_idx]
     train = dict(spec.train)
     if args.max_epochs:
         train["max_epochs"] = args.max_epochs
@@ -130,23 +141,15 @@ def main(argv=None):
         patience=None,
         checkpoint_dir=args.checkpoint_dir,
         time_budget=args.time_budget,
-        schedules=_hvae_schedules() if spec.kind == "hvae" else None,
-        cosine_lr=train["cosine_lr"],
+        schedules=_hvae_schedules() if spec.kind == "hvae" else _flow_schedules(train["lr"]),
         verbose=args.verbose,
         random_state=args.seed,
     )
     train_s = time.time() - t0
-    X_id = load_fashion_mnist("test")[0][: args.eval_n]
-    X_ood = load_mnist("test")[0][: args.eval_n]
-    t1 = time.time()
-    if spec.kind == "flow":
-        metrics = evaluate_flow(module, X_id, X_ood, device, spec.input_shape)
-    else:
-        metrics = evaluate_hvae(module, X_id, X_ood, device, spec.input_shape, args.iwae_samples)
-    print(json.dumps(metrics, indent=1), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     weights = out / f"{args.name}.pt"
+    # weights first: an evaluation failure must not lose the training
     torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, weights)
     meta = {
         "name": args.name,
@@ -156,20 +159,32 @@ def main(argv=None):
         "command": "python scripts/train_pretrained.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
         "epochs": len(history),
         "train_seconds": round(train_s, 1),
-        "eval_seconds": round(time.time() - t1, 1),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__,
         "train_images": int(len(X)),
         "validation_fraction": 0.1,
+        "heldout_train_indices": heldout.tolist(),
         "hyperparameters": train,
         "history": [
             {k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else v) for k, v in row.items()
              if k in ("epoch", "train_loss", "valid_loss", "dur")}
             for row in history
         ],
-        "test_metrics": metrics,
     }
-    (out / f"{args.name}.json").write_text(json.dumps(meta, indent=1) + "\n")
+    meta_path = out / f"{args.name}.json"
+    meta_path.write_text(json.dumps(meta, indent=1) + "\n")
+    print(f"trained {len(history)} epochs in {train_s:.0f} s", flush=True)
+    X_id = load_fashion_mnist("test")[0][: args.eval_n]
+    X_ood = load_mnist("test")[0][: args.eval_n]
+    t1 = time.time()
+    if spec.kind == "flow":
+        metrics = evaluate_flow(module, X_id, X_ood, device, spec.input_shape)
+    else:
+        metrics = evaluate_hvae(module, X_id, X_ood, device, spec.input_shape, args.iwae_samples)
+    print(json.dumps(metrics, indent=1), flush=True)
+    meta["eval_seconds"] = round(time.time() - t1, 1)
+    meta["test_metrics"] = metrics
+    meta_path.write_text(json.dumps(meta, indent=1) + "\n")
     print(f"wrote {weights} ({weights.stat().st_size / 1e6:.1f} MB)", flush=True)
 
 

@@ -115,15 +115,36 @@ class ActNorm(nn.Module):
 
 
 class InvertibleConv1x1(nn.Module):
-    r"""Invertible channel mixing :math:`y = W x` (Glow), log-det :math:`HW \log|\det W|`.
+    r"""Invertible channel mixing :math:`y = W x` (Glow), LU-parametrised.
 
-    ``W`` starts as a random orthogonal matrix. Works on (n, C) and (n, C, H, W).
+    :math:`W = P L (U + \mathrm{diag}(\mathrm{sign}(s) e^{\log|s|}))` with ``P`` a
+    fixed permutation, ``L`` unit lower-triangular and ``U`` strictly upper
+    triangular (Kingma & Dhariwal, 2018, section 3.2), so
+    :math:`\log|\det W| = \sum \log|s|` is exact and its gradient never
+    involves :math:`W^{-1}` (the plain parametrisation's ``slogdet`` diverges
+    when ``W`` drifts towards singular). Log-det of the layer:
+    :math:`HW \sum \log|s|`. ``W`` starts as a random orthogonal matrix.
+    Works on (n, C) and (n, C, H, W).
     """
 
     def __init__(self, n_channels: int, generator: torch.Generator | None = None):
         super().__init__()
         w = torch.linalg.qr(torch.randn(n_channels, n_channels, generator=generator))[0]
-        self.weight = nn.Parameter(w)
+        P, L, U = torch.linalg.lu(w)
+        s = torch.diagonal(U)
+        self.register_buffer("perm", P)
+        self.register_buffer("sign_s", torch.sign(s))
+        self.register_buffer("lower_mask", torch.tril(torch.ones(n_channels, n_channels), -1))
+        self.register_buffer("eye", torch.eye(n_channels))
+        self.lower = nn.Parameter(L)
+        self.upper = nn.Parameter(torch.triu(U, 1))
+        self.log_s = nn.Parameter(torch.log(torch.abs(s)))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        lower = self.lower * self.lower_mask + self.eye
+        upper = self.upper * self.lower_mask.T + torch.diag(self.sign_s * torch.exp(self.log_s))
+        return self.perm @ lower @ upper
 
     def _mix(self, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2:
@@ -132,7 +153,7 @@ class InvertibleConv1x1(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pixels = int(math.prod(x.shape[2:])) if x.dim() > 2 else 1
-        logdet = torch.linalg.slogdet(self.weight)[1] * pixels
+        logdet = self.log_s.sum() * pixels
         return self._mix(self.weight, x), logdet.expand(x.shape[0])
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:

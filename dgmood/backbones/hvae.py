@@ -21,7 +21,6 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.parametrizations import weight_norm
 
 __all__ = ["HierarchicalVAE", "binarize"]
 
@@ -47,16 +46,53 @@ def _flat_sum(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1).sum(1)
 
 
-def _wn(module: nn.Module) -> nn.Module:
-    dim = 1 if isinstance(module, nn.ConvTranspose2d) else 0
-    return weight_norm(module, dim=dim)
+def _norm_except(v: torch.Tensor, dim: int) -> torch.Tensor:
+    dims = [d for d in range(v.ndim) if d != dim]
+    return torch.linalg.vector_norm(v, dim=dims, keepdim=True)
+
+
+class _WNLinear(nn.Linear):
+    """Weight-normed linear layer, ``W = g v / ||v||`` per output (Salimans & Kingma 2016).
+
+    Plain parameters (not ``torch.nn.utils.parametrize``) so the module pickles.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.g = nn.Parameter(_norm_except(self.weight.detach(), 0).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.g * self.weight / _norm_except(self.weight, 0), self.bias)
+
+
+class _WNConv2d(nn.Conv2d):
+    """Weight-normed convolution, normalized per output channel."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.g = nn.Parameter(_norm_except(self.weight.detach(), 0).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.g * self.weight / _norm_except(self.weight, 0), self.bias)
+
+
+class _WNConvTranspose2d(nn.ConvTranspose2d):
+    """Weight-normed transposed convolution (weight ``(in, out, k, k)``: normalized per output)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.g = nn.Parameter(_norm_except(self.weight.detach(), 1).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.g * self.weight / _norm_except(self.weight, 1)
+        return F.conv_transpose2d(x, w, self.bias, self.stride, self.padding, self.output_padding)
 
 
 def _conv(c_in: int, c_out: int, k: int, stride: int = 1, up: bool = False) -> nn.Module:
     """'Same' convolution; ``stride=2`` halves H, W; ``up=True`` doubles them (transposed)."""
     if up:
-        return _wn(nn.ConvTranspose2d(c_in, c_out, k, 2, padding=(k - 1) // 2, output_padding=1))
-    return _wn(nn.Conv2d(c_in, c_out, k, stride, padding=(k - 1) // 2))
+        return _WNConvTranspose2d(c_in, c_out, k, 2, padding=(k - 1) // 2, output_padding=1)
+    return _WNConv2d(c_in, c_out, k, stride, padding=(k - 1) // 2)
 
 
 class _ConvBlock(nn.Module):
@@ -72,7 +108,7 @@ class _ConvBlock(nn.Module):
         self.act, self.resample = act, resample
         self.conv1 = _conv(c_in, c_out, k)
         self.conv2 = _conv(c_out, c_out, k, stride=2 if resample < 0 else 1, up=resample > 0)
-        self.res = None if c_in == c_out else _wn(nn.Conv2d(c_in, c_out, 1))
+        self.res = None if c_in == c_out else _WNConv2d(c_in, c_out, 1)
         self.aux_op = None
         if aux_shape is not None:
             ratio = aux_shape[1] / hw
@@ -104,9 +140,9 @@ class _DenseBlock(nn.Module):
     def __init__(self, d_in, d_out, act, aux_dim=None):
         super().__init__()
         self.act = act
-        self.lin1, self.lin2 = _wn(nn.Linear(d_in, d_out)), _wn(nn.Linear(d_out, d_out))
-        self.res = None if d_in == d_out else _wn(nn.Linear(d_in, d_out, bias=False))
-        self.aux_op = None if aux_dim is None else _wn(nn.Linear(aux_dim, d_out))
+        self.lin1, self.lin2 = _WNLinear(d_in, d_out), _WNLinear(d_out, d_out)
+        self.res = None if d_in == d_out else _WNLinear(d_in, d_out, bias=False)
+        self.aux_op = None if aux_dim is None else _WNLinear(aux_dim, d_out)
 
     def forward(self, x: torch.Tensor, aux: torch.Tensor | None = None) -> torch.Tensor:
         y = self.lin1(self.act(x))
@@ -146,7 +182,7 @@ class _Projection(nn.Module):
 
     def __init__(self, d_in: int, view: tuple[int, ...]):
         super().__init__()
-        self.lin, self.view = _wn(nn.Linear(d_in, math.prod(view))), view
+        self.lin, self.view = _WNLinear(d_in, math.prod(view)), view
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.lin(z).view(-1, *self.view)
@@ -176,7 +212,8 @@ class HierarchicalVAE(nn.Module):
     half resolution for CPU speed); ``Q_2`` ends with a stride-2 block (H/4);
     ``Q_{i>2}`` keep H/4. ``z_1`` is spatial (``latent_dims[0]`` channels),
     ``z_{i>1}`` dense. ``P_i`` mirror ``Q_i`` with transposed convolutions.
-    Defaults: ``latent_dims=(8, 16, 8)``: z1 8x14x14, z2 16, z3 8 as the reference.
+    Defaults: ``latent_dims=(8, 16, 8)``: z1 8x14x14, z2 16, z3 8 as the reference;
+    2.39 M parameters at 64 channels; weight-normed convolutions, SiLU.
     Dense variant (``len(input_shape) == 1``): residual MLP blocks of width
     ``channels``, dense latents, default ``latent_dims=(8, 4, 2)``.
 
@@ -193,9 +230,10 @@ class HierarchicalVAE(nn.Module):
     beta : float
         KL weight in the training loss (mutable by callbacks).
     likelihood : {"bernoulli", "gaussian"}
-        ``p(x|z)``; "gaussian" has a learned log-std per input element.
+        ``p(x|z)``: Bernoulli on {0, 1} inputs (logits from the decoder) or
+        Gaussian with a learned log-std per input element (``self.log_std``).
     blocks_per_stage : int
-        Residual blocks per stage (reference: 3). 0 (dense only) removes them.
+        Residual blocks per stage (3, as the reference). 0 (dense only) removes them.
     kernel_sizes : tuple of int
         Conv kernels of stage 1, 2 and 3+ (reference 5, 3, 3).
     linear : bool
@@ -216,7 +254,7 @@ class HierarchicalVAE(nn.Module):
         free_bits: float = 2.0,
         beta: float = 1.0,
         likelihood: str = "bernoulli",
-        blocks_per_stage: int = 2,
+        blocks_per_stage: int = 3,
         kernel_sizes: Sequence[int] = (5, 3, 3),
         linear: bool = False,
         min_std: float = 1e-3,
@@ -241,7 +279,7 @@ class HierarchicalVAE(nn.Module):
             raise ValueError(f"blocks_per_stage must be >= {1 if self.image else 0}, got {blocks_per_stage}.")
         self.free_bits, self.beta = float(free_bits), float(beta)
         self.likelihood, self.linear, self.min_std = likelihood, bool(linear), float(min_std)
-        self.channels, self.blocks_per_stage = int(channels), int(blocks_per_stage)
+        self.channels, self.blocks_per_stage = int(channels), 0 if linear else int(blocks_per_stage)
         self.kernel_sizes = tuple(kernel_sizes)
         act = nn.Identity() if linear else nn.SiLU()
         (self._build_image if self.image else self._build_dense)(act)
@@ -253,7 +291,7 @@ class HierarchicalVAE(nn.Module):
         c_x, h, w = self.input_shape
         C, B, L, m = self.channels, self.blocks_per_stage, len(self.latent_dims), self.latent_dims
         k = [self.kernel_sizes[min(i, len(self.kernel_sizes) - 1)] for i in range(L)]
-        hw = [h // 2] + [h // 4] * (L - 1)  # height of h_i, d_{i+1}, z_i
+        hw = [h // 2] + [h // 4] * (L - 1)  # height of h_i and of d_{i+1}
         self._latent_shapes = [(m[0], h // 2, w // 2)] + [(mi,) for mi in m[1:]]
         q_paths, p_paths, q_heads, p_heads, q_proj, p_proj = [], [], [], [], [], []
         for i in range(L):
@@ -261,12 +299,12 @@ class HierarchicalVAE(nn.Module):
             aux = None if i == 0 else (C, hw[i - 1], hw[i - 1])
             # stage 1 downsamples first (cheap), stage 2 last (as the reference), others never
             rs = [-1 if (i == 0 and b == 0) or (i == 1 and b == B - 1) else 0 for b in range(B)]
-            hin = [h] + [h // 2] * (B - 1) if i == 0 else ([h // 2] * B if i == 1 else [h // 4] * B)
-            q_paths.append(_Path([_ConvBlock(c_in if b == 0 else C, C, k[i], rs[b], act, aux, hin[b])
+            hw_conv1 = [h] + [h // 2] * (B - 1) if i == 0 else ([h // 2] * B if i == 1 else [h // 4] * B)
+            q_paths.append(_Path([_ConvBlock(c_in if b == 0 else C, C, k[i], rs[b], act, aux, hw_conv1[b])
                                   for b in range(B)]))
             z_feat = i == 0
             q_heads.append(_Head(_conv(C, 2 * m[0], 3), act) if z_feat else
-                           _Head(_wn(nn.Linear(C * (h // 4) * (w // 4), 2 * m[i])), act, flatten=True))
+                           _Head(_WNLinear(C * (h // 4) * (w // 4), 2 * m[i]), act, flatten=True))
             # generative stage i mirrors inference stage i
             p_in = m[0] if i == 0 else C
             if i >= 1:
@@ -281,12 +319,13 @@ class HierarchicalVAE(nn.Module):
             if i < L - 1:
                 q_proj.append(nn.Identity() if i == 0 else _Projection(m[i], (C, h // 4, w // 4)))
                 p_heads.append(_Head(_conv(C, 2 * m[0], 3), act) if i == 0 else
-                               _Head(_wn(nn.Linear(C * (h // 4) * (w // 4), 2 * m[i])), act, flatten=True))
+                               _Head(_WNLinear(C * (h // 4) * (w // 4), 2 * m[i]), act, flatten=True))
         self._set_modules(q_paths, p_paths, q_heads, p_heads, q_proj, p_proj)
         self.x_head = _Head(_conv(C, c_x, 3), act)
 
     def _build_dense(self, act: nn.Module) -> None:
         (D,), C, B, m = self.input_shape, self.channels, self.blocks_per_stage, self.latent_dims
+        Lin = nn.Linear if self.linear else _WNLinear
         L = len(m)
         self._latent_shapes = [(mi,) for mi in m]
         q_paths, p_paths, q_heads, p_heads = [], [], [], []
@@ -296,16 +335,16 @@ class HierarchicalVAE(nn.Module):
             aux = None if (i == 0 or B == 0) else q_out[i - 1]
             q_paths.append(_Path([_DenseBlock(d_in if b == 0 else C, C, act, aux) for b in range(B)]))
             q_out.append(C if B else d_in)
-            q_heads.append(_Head(_wn(nn.Linear(q_out[i], 2 * m[i])), act))
+            q_heads.append(_Head(Lin(q_out[i], 2 * m[i]), act))
         p_out = [C if B else m[i] for i in range(L)]
         for i in range(L):
             p_aux = None if (i == L - 1 or B == 0) else p_out[i + 1]
             p_paths.append(_Path([_DenseBlock(m[i] if b == 0 else C, C, act, p_aux) for b in range(B)]))
             if i < L - 1:
-                p_heads.append(_Head(_wn(nn.Linear(p_out[i + 1], 2 * m[i])), act))
+                p_heads.append(_Head(Lin(p_out[i + 1], 2 * m[i]), act))
         ident = [nn.Identity() for _ in range(L)]
         self._set_modules(q_paths, p_paths, q_heads, p_heads, ident[: L - 1], ident)
-        self.x_head = _Head(nn.Linear(p_out[0], D) if self.linear else _wn(nn.Linear(p_out[0], D)), act)
+        self.x_head = _Head(Lin(p_out[0], D), act)
 
     def _set_modules(self, q_paths, p_paths, q_heads, p_heads, q_proj, p_proj) -> None:
         self.q_paths, self.p_paths = nn.ModuleList(q_paths), nn.ModuleList(p_paths)
@@ -317,6 +356,11 @@ class HierarchicalVAE(nn.Module):
     def n_latent_layers(self) -> int:
         """Number L of stochastic layers."""
         return len(self.latent_dims)
+
+    @property
+    def latent_shapes(self) -> list[tuple[int, ...]]:
+        """Shape of each latent layer without the batch axis, bottom first."""
+        return list(self._latent_shapes)
 
     def _gaussian(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, s = raw.chunk(2, dim=1)
@@ -413,11 +457,30 @@ class HierarchicalVAE(nn.Module):
             kl_total = kl_total + _flat_sum(kl)
         return -log_px + self.beta * kl_total
 
+    def _skip(self, x, k, use_prior_mean, generator, h1) -> torch.Tensor:
+        log_px, kls = self._terms(x, k, use_prior_mean, generator, h1)
+        return log_px - sum(_flat_sum(kl) for kl in kls if kl is not None)
+
+    def _iwae(self, x, n_samples, generator, h1) -> torch.Tensor:
+        terms = torch.stack([self._skip(x, 0, True, generator, h1) for _ in range(n_samples)])
+        return torch.logsumexp(terms, 0) - math.log(n_samples)
+
     def elbo(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         r"""Single-sample ELBO (Kingma & Welling 2014; Havtorn et al. 2021, eq. 2).
 
         .. math:: \mathcal{L}(x) = \log p(x|z) + \sum_{i=1}^{L}
                   [\log p(z_i | z_{>i}) - \log q(z_i | \cdot)],\quad z \sim q(z|x).
+
+        Parameters
+        ----------
+        x : Tensor of shape (n, *input_shape)
+            Binarized inputs (Bernoulli) or real inputs (Gaussian).
+        generator : torch.Generator, optional
+            Source of every random draw, on ``x.device``.
+
+        Returns
+        -------
+        Tensor of shape (n,), nats.
         """
         return self.skip_elbo(x, 0, generator=generator)
 
@@ -427,7 +490,6 @@ class HierarchicalVAE(nn.Module):
         k: int,
         use_prior_mean: bool = True,
         generator: torch.Generator | None = None,
-        _h1: torch.Tensor | None = None,
     ) -> torch.Tensor:
         r"""Skip bound :math:`\mathcal{L}^{>k}` of Havtorn et al. (ICML 2021, eq. 9), one sample.
 
@@ -436,25 +498,32 @@ class HierarchicalVAE(nn.Module):
 
         :math:`z_{>k} \sim q(z_{>k}|x)`, and :math:`z_{\le k}` the means of the
         conditional priors :math:`p(z_i | z_{>i})` taken top-down (samples of them
-        with ``use_prior_mean=False``). As hvae-oodd's ``use_mode``, the bottom-up
-        inference propagates the posterior means of :math:`z_{\le k}` when computing
-        :math:`q(z_{>k}|x)`. ``k = 0`` is :meth:`elbo` (same draws for the same
-        generator state); ``k = L`` is :math:`\log p(x | z = \text{prior means})`.
+        with ``use_prior_mean=False``); only the KL terms of :math:`z_{>k}` count.
+        As hvae-oodd's ``use_mode``, the bottom-up inference propagates the
+        posterior *means* of :math:`z_{\le k}` when computing :math:`q(z_{>k}|x)`.
+
+        Parameters
+        ----------
+        x : Tensor of shape (n, *input_shape)
+        k : int in 0 .. L
+            Number of lowest latents taken from the prior. ``k = 0`` is :meth:`elbo`
+            (same draws for the same generator state); ``k = L`` is
+            :math:`\log p(x | z = \text{prior means})` and draws nothing that matters.
+        use_prior_mean : bool
+            Prior means (True, the paper's choice) or prior samples for :math:`z_{\le k}`.
+        generator : torch.Generator, optional
+
+        Returns
+        -------
+        Tensor of shape (n,), nats.
         """
         self._check(x)
         if not 0 <= int(k) <= self.n_latent_layers:
             raise ValueError(f"k must be in 0..{self.n_latent_layers}, got {k}.")
-        log_px, kls = self._terms(x, int(k), use_prior_mean, generator, _h1)
-        return log_px - sum(_flat_sum(kl) for kl in kls if kl is not None)
+        return self._skip(x, int(k), use_prior_mean, generator, None)
 
-    def iwae(
-        self,
-        x: torch.Tensor,
-        n_samples: int,
-        generator: torch.Generator | None = None,
-        _h1: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        r"""Importance-weighted bound (Burda et al. 2016), looping over samples.
+    def iwae(self, x: torch.Tensor, n_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        r"""Importance-weighted bound (Burda et al. 2016), one pass per sample.
 
         .. math:: \mathcal{L}_S(x) = \log \frac{1}{S} \sum_{s=1}^{S}
                   \frac{p(x, z^{(s)})}{q(z^{(s)}|x)},\quad z^{(s)} \sim q(z|x),
@@ -462,13 +531,17 @@ class HierarchicalVAE(nn.Module):
         the log-mean-exp of S single-sample ELBOs; :math:`\mathcal{L}_1` is
         :meth:`elbo` (identical for the same generator state) and
         :math:`E[\mathcal{L}_S]` rises with S towards :math:`\log p(x)`.
+        Memory is that of one ELBO pass plus an ``(S, n)`` table; the
+        deterministic bottom features :math:`Q_1(x)` are computed once.
+
+        Returns
+        -------
+        Tensor of shape (n,), nats.
         """
         self._check(x)
         if int(n_samples) < 1:
             raise ValueError(f"n_samples must be a positive int, got {n_samples}.")
-        h1 = self.q_paths[0](x) if _h1 is None else _h1
-        terms = torch.stack([self.skip_elbo(x, 0, generator=generator, _h1=h1) for _ in range(int(n_samples))])
-        return torch.logsumexp(terms, 0) - math.log(int(n_samples))
+        return self._iwae(x, int(n_samples), generator, self.q_paths[0](x))
 
     def llr_scores(
         self, x: torch.Tensor, n_samples: int = 1, generator: torch.Generator | None = None
@@ -477,18 +550,22 @@ class HierarchicalVAE(nn.Module):
 
         .. math:: LLR^{>k}(x) = \mathcal{L}_S(x) - \mathcal{L}^{>k}(x),\quad k = 0, \dots, L
 
-        (high means OOD). Returns ``{"elbo_bound": (n,), "skip": (n, L+1),
-        "llr": (n, L+1)}``; ``skip[:, 0]`` is a single-sample ELBO. With
-        ``n_samples == 1`` the bound *is* ``skip[:, 0]`` (so ``llr[:, 0] == 0``);
-        otherwise it is :meth:`iwae` with S = ``n_samples`` drawn after the skip
-        columns. The bottom features ``Q_1(x)`` are computed once: S + L + 1 passes.
+        (high means OOD). S + L + 1 passes, the bottom features computed once.
+
+        Returns
+        -------
+        dict
+            ``"elbo_bound"`` (n,): :math:`\mathcal{L}_S`; with ``n_samples == 1`` it
+            *is* ``skip[:, 0]`` (so ``llr[:, 0] == 0``), else :meth:`iwae` drawn after
+            the skip columns. ``"skip"`` (n, L+1): :math:`\mathcal{L}^{>k}` for
+            k = 0..L (column 0 a single-sample ELBO). ``"llr"`` (n, L+1): bound - skip.
         """
         self._check(x)
+        if int(n_samples) < 1:
+            raise ValueError(f"n_samples must be a positive int, got {n_samples}.")
         h1 = self.q_paths[0](x)
-        skip = torch.stack(
-            [self.skip_elbo(x, k, generator=generator, _h1=h1) for k in range(self.n_latent_layers + 1)], 1
-        )
-        bound = skip[:, 0] if int(n_samples) == 1 else self.iwae(x, n_samples, generator, _h1=h1)
+        skip = torch.stack([self._skip(x, k, True, generator, h1) for k in range(self.n_latent_layers + 1)], 1)
+        bound = skip[:, 0] if int(n_samples) == 1 else self._iwae(x, int(n_samples), generator, h1)
         return {"elbo_bound": bound, "skip": skip, "llr": bound[:, None] - skip}
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -89,8 +89,8 @@ class ProgressSchedule(Callback):
     ``p = max(epoch / max_epochs, elapsed / time_budget)`` (whichever budget ends
     training first), so a schedule written in fractions of training (e.g. KL
     warm-up over the first 20 %) holds whether training is bounded by epochs or
-    by time. ``schedules`` maps an attribute name of ``net.module_`` to a
-    function of ``p``.
+    by time. ``schedules`` maps an attribute name of ``net.module_`` (or
+    ``"lr"``, the optimizer's learning rate) to a function of ``p``.
     """
 
     def __init__(self, schedules: dict[str, Callable[[float], float]], time_budget: float | None = None):
@@ -99,22 +99,24 @@ class ProgressSchedule(Callback):
 
     def on_train_begin(self, net, X=None, y=None, **kwargs):
         self.start_ = time.monotonic()
-        self.epoch_ = len(net.history)
+        self.epoch_ = 1
         self.batches_per_epoch_ = None
         self.batch_ = 0
+        self.epoch_start_batch_ = 0
 
     def on_epoch_begin(self, net, **kwargs):
         self.epoch_start_batch_ = self.batch_
+        self.epoch_ = len(net.history)  # current epoch, 1-based, counting resumed epochs
 
     def on_epoch_end(self, net, **kwargs):
         self.batches_per_epoch_ = max(self.batch_ - self.epoch_start_batch_, 1)
-        self.epoch_ = len(net.history)
 
     def progress(self, net) -> float:
         frac_epoch = 0.0
         if self.batches_per_epoch_:
             frac_epoch = (self.batch_ - self.epoch_start_batch_) / self.batches_per_epoch_
-        p = (self.epoch_ - 1 + frac_epoch) / max(net.max_epochs, 1)
+        total = getattr(net, "total_epochs_", None) or net.max_epochs
+        p = (self.epoch_ - 1 + frac_epoch) / max(total, 1)
         if self.time_budget:
             p = max(p, (time.monotonic() - self.start_) / self.time_budget)
         return float(min(max(p, 0.0), 1.0))
@@ -124,7 +126,11 @@ class ProgressSchedule(Callback):
             return
         p = self.progress(net)
         for name, fn in self.schedules.items():
-            setattr(net.module_, name, float(fn(p)))
+            if name == "lr":  # the optimizer's learning rate
+                for group in net.optimizer_.param_groups:
+                    group["lr"] = float(fn(p))
+            else:
+                setattr(net.module_, name, float(fn(p)))
         self.batch_ += 1
 
 
@@ -161,9 +167,9 @@ def train_module(
     validation_fraction : held-out share for ``valid_loss`` and early stopping
         (None: no validation split).
     patience : early-stopping patience in epochs on ``valid_loss`` (None: off).
-    checkpoint_dir : write the best (or, with no validation split, the last)
-        parameters, optimizer and history there each epoch, and resume from
-        them when they exist (skorch ``Checkpoint`` + ``LoadInitState``).
+    checkpoint_dir : write parameters, optimizer and history there after every
+        epoch, and resume from them when they exist (skorch ``Checkpoint`` +
+        ``LoadInitState``); ``max_epochs`` counts the resumed epochs too.
     time_budget : seconds after which training stops at the end of an epoch.
     schedules : module attributes set from training progress
         (see :class:`ProgressSchedule`).
@@ -193,16 +199,19 @@ def train_module(
         callbacks.append(TimeBudget(time_budget))
     if cosine_lr:
         callbacks.append(LRScheduler(policy="CosineAnnealingLR", T_max=max_epochs))
+    done = 0
     if checkpoint_dir is not None:
-        checkpoint = Checkpoint(
-            dirname=str(checkpoint_dir),
-            monitor="valid_loss_best" if use_valid else None,
-            load_best=False,
-        )
+        # every epoch (monitor=None), so a killed run resumes where it stopped
+        checkpoint = Checkpoint(dirname=str(checkpoint_dir), monitor=None, f_criterion=None, load_best=False)
         callbacks += [checkpoint, LoadInitState(checkpoint)]
+        history_file = Path(checkpoint_dir) / "history.json"
+        if history_file.is_file():
+            import json
+
+            done = len(json.loads(history_file.read_text()))
     net = UnsupervisedNet(
         module,
-        max_epochs=max_epochs,
+        max_epochs=max(max_epochs - done, 0),
         lr=lr,
         batch_size=batch_size,
         optimizer=torch.optim.Adam,
@@ -215,7 +224,14 @@ def train_module(
         device=str(dev),
         verbose=int(verbose),
     )
-    net.fit(data, None)
+    net.total_epochs_ = max_epochs
+    if net.max_epochs > 0:
+        net.fit(data, None)
+    else:  # nothing left to train: just restore the checkpoint
+        net.initialize()
+        for cb in callbacks:
+            if isinstance(cb, LoadInitState):
+                cb.on_train_begin(net)
     train_loss = net.history[-1, "train_loss"] if len(net.history) else math.nan
     if not math.isfinite(train_loss):
         raise FloatingPointError("Training ended with a non-finite loss; lower lr.")
