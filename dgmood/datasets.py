@@ -71,12 +71,18 @@ def _read_idx(path: Path) -> np.ndarray:
 
 def _find_idx(directories: list[Path], split: str) -> tuple[Path, Path] | None:
     prefix = _IDX_PREFIX[split]
+
+    def first(directory: Path, stem: str) -> Path | None:
+        for name in (f"{stem}.gz", stem):
+            if (directory / name).is_file():
+                return directory / name
+        return None
+
     for directory in directories:
-        for suffix in (".gz", ""):
-            images = directory / f"{prefix}-images-idx3-ubyte{suffix}"
-            labels = directory / f"{prefix}-labels-idx1-ubyte{suffix}"
-            if images.is_file() and labels.is_file():
-                return images, labels
+        images = first(directory, f"{prefix}-images-idx3-ubyte")
+        labels = first(directory, f"{prefix}-labels-idx1-ubyte")
+        if images is not None and labels is not None:
+            return images, labels
     return None
 
 

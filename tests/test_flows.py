@@ -78,6 +78,25 @@ def test_dequantize_grid_and_shared_noise():
     assert torch.allclose(noise[0], noise[1], atol=1e-3) and torch.allclose(noise[0], noise[2], atol=1e-3)
 
 
+def test_dequantize_never_reaches_one_in_float32():
+    """255 + u rounds to 256 in float32 for u close to 1: the logit must stay finite."""
+    x = torch.ones(1, 1, 4, 4)
+    g = torch.Generator().manual_seed(0)
+    u_max = torch.tensor(1.0 - 2.0**-24)
+    assert ((255 + u_max) / 256.0).item() == 1.0  # the float32 hazard exists
+    flow = ImageFlow((1, 4, 4), n_levels=1, steps_per_level=1, hidden=4)
+    v = dequantize(x, g)
+    assert v.max() < 1.0
+    # the worst case itself: force u to its float32 maximum
+    orig = torch.rand
+    try:
+        torch.rand = lambda *a, **k: torch.full(a[0], 1.0 - 2.0**-24)
+        v = dequantize(x, g)
+    finally:
+        torch.rand = orig
+    assert v.max() < 1.0 and torch.isfinite(flow.log_prob_dequantized(v)).all()
+
+
 def test_bits_per_dim_convention():
     # a uniform density on [0,1)^D has log p = 0, i.e. 8 bits/dim for 8-bit data
     assert bits_per_dim(torch.zeros(1), 784).item() == pytest.approx(8.0)

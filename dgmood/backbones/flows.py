@@ -60,7 +60,8 @@ def dequantize(
     k = torch.round(x * 255.0)
     shape = (1, *x.shape[1:]) if shared else x.shape
     u = torch.rand(shape, generator=generator, device=x.device, dtype=x.dtype)
-    return (k + u) / 256.0
+    # in float32, 255 + u rounds to 256 for u > 1 - 2**-17: v would be 1 and its logit infinite
+    return ((k + u) / 256.0).clamp(max=1.0 - 2.0**-20)
 
 
 def bits_per_dim(log_prob: torch.Tensor, n_dims: int) -> torch.Tensor:
