@@ -104,9 +104,11 @@ class ProgressSchedule(Callback):
         self.batch_ = 0
         self.epoch_start_batch_ = 0
 
-    def on_epoch_begin(self, net, **kwargs):
+    def on_epoch_begin(self, net, dataset_train=None, **kwargs):
         self.epoch_start_batch_ = self.batch_
         self.epoch_ = len(net.history)  # current epoch, 1-based, counting resumed epochs
+        if dataset_train is not None and self.batches_per_epoch_ is None:
+            self.batches_per_epoch_ = max(len(dataset_train) // net.batch_size, 1)
 
     def on_epoch_end(self, net, **kwargs):
         self.batches_per_epoch_ = max(self.batch_ - self.epoch_start_batch_, 1)
