@@ -8,7 +8,9 @@ Conventions (as :class:`sklearn.ensemble.IsolationForest`):
 * ``ood_score(X) = -score_samples(X)`` (higher = more anomalous, as PyOD).
 
 ``fit`` holds out ``validation_fraction`` of the data (never seen by the deep
-backbone) to calibrate the detector and set ``offset_``:
+backbone) to calibrate the detector and set ``offset_``; with a pretrained
+backbone (``"pretrained:<name>"``, or a module with ``max_epochs=0``) nothing
+is trained and all of ``X`` calibrates, so pass data the backbone never saw:
 ``offset_`` is the ``contamination``-quantile of the held-out scores, so about
 that share of *new* in-distribution data is flagged. ``contamination="auto"``
 is the documented fixed rate :data:`AUTO_CONTAMINATION` (1 %).
@@ -212,7 +214,7 @@ class BaseDetector(OutlierMixin, BaseEstimator):
             validation_fraction=0.1,
             patience=5,
             verbose=int(self.verbose),
-            random_state=_seed_from(self.random_state),
+            random_state=self.seed_,
             **self._extra_train_kwargs(),
         )
 
@@ -262,11 +264,14 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         self
         """
         Xf = self._validate_X(X, reset=True)
-        n = len(Xf)
-        n_cal = int(round(self.validation_fraction * n))
-        n_cal = min(max(n_cal, 1), n - 1)
-        perm = check_random_state(_seed_from(self.random_state)).permutation(n)
-        X_train, X_cal = Xf[perm[n_cal:]], Xf[perm[:n_cal]]
+        self.seed_ = _seed_from(self.random_state)  # one seed per fit: scoring reuses it
+        if self._trains_backbone():
+            n = len(Xf)
+            n_cal = min(max(int(round(self.validation_fraction * n)), 1), n - 1)
+            perm = check_random_state(self.seed_).permutation(n)
+            X_train, X_cal = Xf[perm[n_cal:]], Xf[perm[:n_cal]]
+        else:  # a pretrained backbone is not trained here: all of X calibrates
+            X_train, X_cal = Xf[:0], Xf
         self._fit_backbone(X_train)
         components = self._components(X_cal)
         self._calibrate(components)
@@ -276,12 +281,18 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         self.offset_ = float(np.quantile(scores, rate))
         return self
 
+    def _trains_backbone(self) -> bool:
+        """Whether ``fit`` trains the backbone (then a held-out slice calibrates)."""
+        if isinstance(self.backbone, str):
+            return not self.backbone.startswith("pretrained:")
+        return self.max_epochs > 0
+
     def _calibrate(self, components: dict[str, np.ndarray]) -> None:
         """Hook: fit detector-level statistics on held-out in-distribution components."""
 
     # ------------------------------------------------------------- scoring
     def _generators(self, device: torch.device) -> list[torch.Generator]:
-        seed = _seed_from(self.random_state)
+        seed = self.seed_
         return [torch.Generator(device=device).manual_seed(seed + 7919 * i) for i in range(self._generator_streams)]
 
     @torch.no_grad()

@@ -503,15 +503,30 @@ def _split_by_label(y_true: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, n
     return s[y == 1], s[y == -1]
 
 
+def _balanced_accuracy(y, pred) -> float:
+    from sklearn.metrics import balanced_accuracy_score
+
+    return balanced_accuracy_score(y, pred)
+
+
+# metrics of the thresholded decision (``predict``): these depend on ``offset_``,
+# so they are the ones to use when searching over ``contamination``
+_DECISION_METRICS = {"balanced_accuracy": _balanced_accuracy}
+
+
 class _OODScorer:
     """Picklable ``scorer(estimator, X, y)``; see :func:`make_ood_scorer`."""
 
     def __init__(self, metric: str) -> None:
         self.metric = metric
-        self._fn, greater_is_better = METRICS[metric]
+        self._fn, greater_is_better = METRICS.get(metric, (None, True))
         self._sign = 1.0 if greater_is_better else -1.0
 
     def __call__(self, estimator, X: ArrayLike, y: ArrayLike) -> float:
+        if self.metric in _DECISION_METRICS:
+            y = np.asarray(y)
+            _split_by_label(y, np.zeros(len(y)))  # validates the labels
+            return float(_DECISION_METRICS[self.metric](y, estimator.predict(X)))
         scores = estimator.score_samples(X)
         s_id, s_ood = _split_by_label(y, scores)
         return self._sign * float(self._fn(s_id, s_ood))
@@ -528,7 +543,9 @@ def make_ood_scorer(metric: str = "auroc") -> Callable[..., float]:
     OOD, as ``predict`` of outlier detectors) and evaluates ``metric`` with OOD
     as the positive class. For ``"fpr80"`` / ``"fpr95"`` it returns the
     *negated* FPR (as sklearn's ``neg_*`` scorers), so a search that maximises
-    the score minimises the FPR.
+    the score minimises the FPR. These ranking metrics do not depend on the
+    threshold: to tune ``contamination`` (which only moves ``offset_``) use
+    ``"balanced_accuracy"``, computed from ``estimator.predict(X)``.
 
     It is a plain callable rather than :func:`sklearn.metrics.make_scorer`:
     scikit-learn 1.9 does not accept ``response_method="score_samples"``.
@@ -539,7 +556,7 @@ def make_ood_scorer(metric: str = "auroc") -> Callable[..., float]:
 
     Parameters
     ----------
-    metric : {"auroc", "auprc_out", "auprc_in", "fpr80", "fpr95"}, default="auroc"
+    metric : {"auroc", "auprc_out", "auprc_in", "fpr80", "fpr95", "balanced_accuracy"}, default="auroc"
 
     Returns
     -------
@@ -551,6 +568,7 @@ def make_ood_scorer(metric: str = "auroc") -> Callable[..., float]:
         At scoring time, when ``y`` holds labels other than {+1, -1} or only
         one of them.
     """
-    if not isinstance(metric, str) or metric not in METRICS:
-        raise ValueError(f"metric must be one of {sorted(METRICS)}; got {metric!r}.")
+    valid = sorted(METRICS) + sorted(_DECISION_METRICS)
+    if not isinstance(metric, str) or metric not in valid:
+        raise ValueError(f"metric must be one of {valid}; got {metric!r}.")
     return _OODScorer(metric)

@@ -153,7 +153,7 @@ class DualThresholdRule:
         One per component.
     n_components_ : int
     n_samples_ : int
-    heldout_scores_ : ndarray of shape (n_samples_,)
+    heldout_scores_ : ndarray of shape ``(n_samples_,)``
         Scores of the held-out points, sorted ascending.
     """
 

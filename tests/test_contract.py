@@ -224,6 +224,29 @@ def test_pipeline_and_grid_search_with_ood_scorer(tmp_path):
     )
     search.fit(X, y)
     assert search.best_score_ > 0.8
+    # contamination only moves offset_: a thresholded metric tells the candidates apart
+    search = GridSearchCV(
+        pipe, {"det__contamination": [0.01, 0.3]}, scoring=make_ood_scorer("balanced_accuracy"),
+        cv=StratifiedKFold(2, shuffle=True, random_state=0),
+    )
+    search.fit(X, y)
+    scores = search.cv_results_["mean_test_score"]
+    assert scores[0] != scores[1] and np.all(scores > 0.5)
+
+
+def test_random_state_none_scores_consistently(digits):
+    det = LikelihoodDetector(input_shape=(1, 8, 8), backbone_params=IMAGE_PARAMS, max_epochs=1).fit(digits[0][:200])
+    X = digits[0][200:260]
+    np.testing.assert_array_equal(det.score_samples(X), det.score_samples(X))
+    np.testing.assert_allclose(det.set_params(batch_size=7).score_samples(X), det.score_samples(X), atol=1e-3)
+
+
+def test_pretrained_style_module_calibrates_on_all_data(digits):
+    from dgmood.backbones.flows import ImageFlow
+
+    module = ImageFlow((1, 8, 8), **IMAGE_PARAMS)
+    det = LikelihoodDetector(backbone=module, max_epochs=0, random_state=0).fit(digits[0][:100])
+    assert len(det.calibration_scores_) == 100 and det.history_ == []
 
 
 def test_memory_trains_backbone_once(tmp_path, tabular):

@@ -473,7 +473,7 @@ class HierarchicalVAE(nn.Module):
 
         Parameters
         ----------
-        x : Tensor of shape (n, *input_shape)
+        x : Tensor of shape ``(n, *input_shape)``
             Binarized inputs (Bernoulli) or real inputs (Gaussian).
         generator : torch.Generator, optional
             Source of every random draw, on ``x.device``.
@@ -504,7 +504,7 @@ class HierarchicalVAE(nn.Module):
 
         Parameters
         ----------
-        x : Tensor of shape (n, *input_shape)
+        x : Tensor of shape ``(n, *input_shape)``
         k : int in 0 .. L
             Number of lowest latents taken from the prior. ``k = 0`` is :meth:`elbo`
             (same draws for the same generator state); ``k = L`` is

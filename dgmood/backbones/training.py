@@ -165,7 +165,7 @@ def train_module(
     Parameters
     ----------
     module : nn.Module whose ``forward`` returns per-sample losses.
-    X : array of shape (n, prod(input_shape)) or (n, *input_shape).
+    X : array of shape ``(n, prod(input_shape))`` or ``(n, *input_shape)``.
     validation_fraction : held-out share for ``valid_loss`` and early stopping
         (None: no validation split).
     patience : early-stopping patience in epochs on ``valid_loss`` (None: off).
