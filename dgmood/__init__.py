@@ -1,7 +1,13 @@
 """dgmood: out-of-distribution detection with deep generative models, the scikit-learn way."""
 
-from .detectors import LikelihoodDetector, TypicalityDetector
+from .detectors import HVAELikelihoodRatioDetector, LIDLikelihoodDetector, LikelihoodDetector, TypicalityDetector
 
 __version__ = "0.1.0"
 
-__all__ = ["LikelihoodDetector", "TypicalityDetector", "__version__"]
+__all__ = [
+    "HVAELikelihoodRatioDetector",
+    "LIDLikelihoodDetector",
+    "LikelihoodDetector",
+    "TypicalityDetector",
+    "__version__",
+]

@@ -242,8 +242,8 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         if device.type == "cpu":
             return self.backbone_, device
         cache = getattr(self, "_module_cache", None)
-        if cache is None or cache[0] != device:
-            cache = (device, copy.deepcopy(self.backbone_).to(device).eval())
+        if cache is None or cache[0] != device or cache[2] is not self.backbone_:
+            cache = (device, copy.deepcopy(self.backbone_).to(device).eval(), self.backbone_)
             self._module_cache = cache
         return cache[1], device
 
@@ -273,6 +273,7 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         else:  # a pretrained backbone is not trained here: all of X calibrates
             X_train, X_cal = Xf[:0], Xf
         self._fit_backbone(X_train)
+        self._prepare(X_train, X_cal)
         components = self._components(X_cal)
         self._calibrate(components)
         scores = self._score_from_components(components)
@@ -286,6 +287,9 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         if isinstance(self.backbone, str):
             return not self.backbone.startswith("pretrained:")
         return self.max_epochs > 0
+
+    def _prepare(self, X_train: np.ndarray, X_cal: np.ndarray) -> None:
+        """Hook: fit detector settings that scoring needs (e.g. a threshold tau) before calibration."""
 
     def _calibrate(self, components: dict[str, np.ndarray]) -> None:
         """Hook: fit detector-level statistics on held-out in-distribution components."""

@@ -20,18 +20,42 @@ import numpy as np
 __all__ = ["main", "run_benchmark"]
 
 DETECTORS = {
-    "likelihood": ("LikelihoodDetector", "pretrained:fmnist-flow"),
-    "typicality": ("TypicalityDetector", "pretrained:fmnist-flow"),
+    "likelihood": ("LikelihoodDetector", "pretrained:fmnist-flow", {}),
+    "typicality": ("TypicalityDetector", "pretrained:fmnist-flow", {}),
+    "lid-flow": ("LIDLikelihoodDetector", "pretrained:fmnist-flow", {"lid_method": "fast"}),
 }
 
 
-def _make_detector(name: str, device: str, random_state: int, verbose: int):
+def _make_detector(name: str, device: str, random_state: int, verbose: int, params: dict | None = None):
     import dgmood
 
     if name not in DETECTORS:
         raise SystemExit(f"Unknown detector {name!r}; choose from {sorted(DETECTORS)}.")
-    cls_name, backbone = DETECTORS[name]
-    return getattr(dgmood, cls_name)(backbone=backbone, device=device, random_state=random_state, verbose=verbose)
+    cls_name, backbone, defaults = DETECTORS[name]
+    kwargs = {**defaults, **(params or {})}
+    return getattr(dgmood, cls_name)(
+        backbone=backbone, device=device, random_state=random_state, verbose=verbose, **kwargs
+    )
+
+
+def _component_metrics(det, comp_id: dict, comp_ood: dict) -> dict:
+    """Per-component AUROCs and, for two-score detectors, the oracle envelope (METHODS.md 4)."""
+    from .metrics import auroc, oracle_dual_auroc
+
+    out = {}
+    if "log_prob" in comp_id:
+        out["likelihood_auroc"] = auroc(comp_id["log_prob"], comp_ood["log_prob"])
+    if "lid" in comp_id:
+        out["lid_auroc"] = auroc(comp_id["lid"], comp_ood["lid"])
+        out["oracle_auroc"] = oracle_dual_auroc(
+            np.c_[comp_id["log_prob"], comp_id["lid"]], np.c_[comp_ood["log_prob"], comp_ood["lid"]]
+        )
+        out["log_tau"] = float(det.log_tau_)
+        out["lid_target"] = det.lid_target_
+        out["lid_method"] = det.lid_method
+        out["mean_lid_id"] = float(np.mean(comp_id["lid"]))
+        out["mean_lid_ood"] = float(np.mean(comp_ood["lid"]))
+    return out
 
 
 def _calibration_data(detector, id_name: str, n_cal: int, random_state: int):
@@ -60,6 +84,7 @@ def run_benchmark(
     random_state: int = 0,
     n_boot: int = 1000,
     verbose: int = 0,
+    params: dict | None = None,
 ) -> tuple[dict, dict]:
     """Fit ``detector`` on held-out ID training images, score ``n`` ID and ``n`` OOD test images.
 
@@ -68,7 +93,7 @@ def run_benchmark(
     from .datasets import load_dataset
     from .metrics import bootstrap_ci, ood_metrics
 
-    det = _make_detector(detector, device, random_state, verbose)
+    det = _make_detector(detector, device, random_state, verbose, params)
     X_cal = _calibration_data(det, id_name, n_cal, random_state)
     t0 = time.time()
     det.fit(X_cal)
@@ -93,6 +118,7 @@ def run_benchmark(
         "auprc_in": m["auprc_in"],
         "fpr95": m["fpr95"],
         "fpr80": m["fpr80"],
+        **_component_metrics(det, comp_id, comp_ood),
         "seconds": round(seconds, 1),
         "backbone": det.backbone,
         "backbone_sha256": getattr(det, "backbone_metadata_", {}).get("sha256"),
@@ -116,22 +142,33 @@ def _table(rows: list[dict]) -> str:
 
 
 def _demo(args) -> int:
-    from .plotting import plot_score_histograms
+    from .plotting import plot_likelihood_vs_lid, plot_score_histograms
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     rows = []
-    print(f"dgmood demo: FashionMNIST (in-distribution) vs MNIST (OOD), {args.n} + {args.n} test images")
+    print(f"dgmood demo: FashionMNIST (in-distribution) vs MNIST (OOD) test images, shipped weights")
     print("AUROC with OOD as the positive class: 1 = perfect, 0.5 = chance, < 0.5 = OOD looks *more* in-distribution")
     for name in args.detectors:
-        result, raw = run_benchmark(name, n=args.n, n_cal=args.n_cal, device=args.device, n_boot=args.n_boot)
+        n, n_cal = (args.n_lid, args.n_lid) if name == "lid-flow" else (args.n, args.n_cal)
+        result, raw = run_benchmark(name, n=n, n_cal=n_cal, device=args.device, n_boot=args.n_boot)
         rows.append(result)
         if name == "likelihood":
             path = plot_score_histograms(
                 raw["score_id"], raw["score_ood"], out / "likelihood_histograms.png",
                 labels=("FashionMNIST test (ID)", "MNIST test (OOD)"), xlabel="log p(x) [nats]",
                 title=f"Flow trained on FashionMNIST: AUROC {result['auroc']:.3f}",
+            )
+            print(f"wrote {path}")
+        if name == "lid-flow":
+            det = raw["detector"]
+            q = det.offset_
+            psi = det.rule_.component_thresholds(q)
+            path = plot_likelihood_vs_lid(
+                raw["id"], raw["ood"], out / "likelihood_vs_lid.png", thresholds=(psi[0], psi[1]),
+                labels=("FashionMNIST test (ID)", "MNIST test (OOD)"),
+                title=f"log tau = {det.log_tau_:.2f}: dual rule AUROC {result['auroc']:.3f}",
             )
             print(f"wrote {path}")
     print(_table(rows))
@@ -176,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="shipped weights: FashionMNIST vs MNIST table and figures")
     demo.add_argument("--n", type=int, default=2000, help="test images per set")
     demo.add_argument("--n-cal", type=int, default=2000, help="held-out training images to calibrate on")
-    demo.add_argument("--detectors", nargs="+", default=["likelihood", "typicality"])
+    demo.add_argument("--n-lid", type=int, default=300, help="test (and calibration) images per set for lid-flow")
+    demo.add_argument("--detectors", nargs="+", default=["likelihood", "typicality", "lid-flow"])
     demo.add_argument("--out", default="demo_output")
     demo.add_argument("--device", default="auto")
     demo.add_argument("--n-boot", type=int, default=1000)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["plot_score_histograms", "plot_roc"]
+__all__ = ["plot_score_histograms", "plot_roc", "plot_likelihood_vs_lid"]
 
 
 def _axes(ax=None, figsize=(6.4, 4.0)):
@@ -87,4 +87,33 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path 
     ax.set_xlabel("false-positive rate (ID flagged)")
     ax.set_ylabel("true-positive rate (OOD caught)")
     ax.legend(frameon=False, loc="lower right")
+    return _finish(fig, path)
+
+
+def plot_likelihood_vs_lid(
+    components_id: dict,
+    components_ood: dict,
+    path: str | Path | None = None,
+    *,
+    thresholds: tuple[float, float] | None = None,
+    labels: tuple[str, str] = ("in-distribution", "out-of-distribution"),
+    title: str | None = None,
+    ax=None,
+):
+    """Scatter of log-likelihood (x) against LID (y): the key figure of Kamkari et al. (ICML 2024).
+
+    ``thresholds = (psi_L, psi_LID)`` draws the dual rule's acceptance region
+    (upper right: in-distribution).
+    """
+    fig, ax = _axes(ax, figsize=(5.6, 4.4))
+    for comp, label, color in ((components_id, labels[0], "C0"), (components_ood, labels[1], "C3")):
+        ax.scatter(comp["log_prob"], comp["lid"], s=6, alpha=0.5, color=color, label=f"{label} (n={len(comp['lid'])})")
+    if thresholds is not None:
+        ax.axvline(thresholds[0], color="k", linestyle="--", linewidth=1)
+        ax.axhline(thresholds[1], color="k", linestyle="--", linewidth=1, label="dual thresholds (held-out ID)")
+    ax.set_xlabel("log p(x) [nats]")
+    ax.set_ylabel("LID")
+    if title:
+        ax.set_title(title)
+    ax.legend(frameon=False, loc="lower left", markerscale=3)
     return _finish(fig, path)

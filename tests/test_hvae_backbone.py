@@ -277,3 +277,91 @@ def test_gaussian_image_likelihood():
     with torch.no_grad():
         assert torch.isfinite(model.elbo(x, _gen(0))).all()
         assert model.llr_scores(x, generator=_gen(0))["skip"].shape == (3, 3)
+
+
+# ---------------------------------------------------------------- common random numbers
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest single-threaded (and do not fight a busy machine for cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _scorers(model, S=3):
+    """Every scoring method of the model as ``f(x, generator, shared_noise)`` -> (n,) or (n, m)."""
+    return {
+        "elbo": lambda x, g, sh: model.elbo(x, g, shared_noise=sh),
+        "iwae": lambda x, g, sh: model.iwae(x, S, g, shared_noise=sh),
+        "skip_1": lambda x, g, sh: model.skip_elbo(x, 1, generator=g, shared_noise=sh),
+        "skip_1_prior_samples": lambda x, g, sh: model.skip_elbo(x, 1, False, g, shared_noise=sh),
+        "llr": lambda x, g, sh: model.llr_scores(x, S, g, shared_noise=sh)["llr"],
+        "llr_bound": lambda x, g, sh: model.llr_scores(x, S, g, shared_noise=sh)["elbo_bound"],
+    }
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("make,data,atol", [(_image_model, _images, 1e-3), (_dense_model, _rows, 1e-4)])
+def test_shared_noise_makes_scores_independent_of_the_batch(make, data, atol):
+    """With shared_noise=True a sample scored alone equals it scored in a batch (equal seeds),
+    and permuting the batch permutes the scores; with independent noise it does not."""
+    model, x = make(), data(6)
+    perm = torch.tensor([3, 0, 5, 1, 4, 2])
+    with torch.no_grad():
+        for name, f in _scorers(model).items():
+            batch = f(x, _gen(9), True)
+            alone = torch.cat([f(x[i : i + 1], _gen(9), True) for i in range(len(x))])
+            torch.testing.assert_close(alone, batch, rtol=1e-5, atol=atol, msg=name)
+            torch.testing.assert_close(f(x[perm], _gen(9), True), batch[perm], rtol=1e-5, atol=atol, msg=name)
+            # the draws still come from the generator: another seed, other values
+            assert not torch.allclose(f(x, _gen(10), True), batch), name
+        elbo = _scorers(model)["elbo"]
+        alone = torch.cat([elbo(x[i : i + 1], _gen(9), False) for i in range(len(x))])
+        assert not torch.allclose(alone, elbo(x, _gen(9), False))  # default: per-sample draws
+
+
+def test_shared_noise_draws_batch_one_and_default_is_unchanged():
+    """shared_noise=True draws every tensor with batch dimension 1; the default draws per sample."""
+    model, x = _dense_model(), _rows(5)
+    shapes = {True: [], False: []}
+    orig_randn = torch.randn
+
+    def spy(*args, **kw):
+        out = orig_randn(*args, **kw)
+        shapes[current].append(tuple(out.shape))
+        return out
+
+    torch.randn = spy
+    try:
+        with torch.no_grad():
+            for current in (True, False):
+                model.skip_elbo(x, 1, use_prior_mean=False, generator=_gen(0), shared_noise=current)
+    finally:
+        torch.randn = orig_randn
+    assert shapes[True] and all(s[0] == 1 for s in shapes[True])
+    assert shapes[False] and all(s[0] == 5 for s in shapes[False])
+    with torch.no_grad():  # the default is the independent-noise behaviour
+        default, explicit = model.elbo(x, _gen(4)), model.elbo(x, _gen(4), shared_noise=False)
+        torch.testing.assert_close(default, explicit, rtol=0, atol=0)
+
+
+def test_binarize_shared_noise():
+    x = torch.rand(40, 1, 4, 4, generator=_gen(1))
+    b = binarize(x, _gen(2), shared_noise=True)
+    assert set(b.unique().tolist()) <= {0.0, 1.0} and b.dtype == x.dtype
+    alone = torch.cat([binarize(x[i : i + 1], _gen(2), shared_noise=True) for i in range(len(x))])
+    torch.testing.assert_close(alone, b, rtol=0, atol=0)
+    # one threshold per pixel shared by the batch: equal intensities give equal bits
+    same = binarize(x[:1].expand(3, -1, -1, -1), _gen(2), shared_noise=True)
+    assert (same == same[:1]).all()
+    # still Bernoulli(x) per pixel across seeds, and 0 / 1 stay 0 / 1
+    p = torch.full((1, 1, 20, 20), 0.3)
+    mean = torch.stack([binarize(p, _gen(s), shared_noise=True) for s in range(200)]).mean()
+    assert abs(float(mean) - 0.3) < 0.02
+    ends = torch.tensor([[0.0, 1.0]])
+    torch.testing.assert_close(binarize(ends, _gen(0), shared_noise=True), ends)
+    # default keeps per-sample draws (torch.bernoulli)
+    torch.testing.assert_close(binarize(x, _gen(2)), torch.bernoulli(x, generator=_gen(2)), rtol=0, atol=0)

@@ -28,13 +28,23 @@ _LOG_2PI = math.log(2.0 * math.pi)
 _LN2 = math.log(2.0)
 
 
-def binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def binarize(
+    x: torch.Tensor, generator: torch.Generator | None = None, shared_noise: bool = False
+) -> torch.Tensor:
     """Bernoulli sample of ``x`` in [0, 1]: ``b ~ Bernoulli(x)`` elementwise.
 
     Evaluation sets are binarized once, with a seeded ``generator`` created on
     ``x.device``, so that every bound of the same point sees the same bits.
+
+    With ``shared_noise=True`` one uniform draw ``u`` of shape ``(1, *x.shape[1:])``
+    serves the whole batch, ``b = 1[u < x]`` (common random numbers): a sample's
+    bits do not depend on the other samples in its batch nor on their order.
     """
-    return torch.bernoulli(x.clamp(0.0, 1.0), generator=generator)
+    p = x.clamp(0.0, 1.0)
+    if not shared_noise:
+        return torch.bernoulli(p, generator=generator)
+    u = torch.rand((1, *p.shape[1:]), generator=generator, device=p.device, dtype=p.dtype)
+    return (u < p).to(p.dtype)
 
 
 def _log_normal(z: torch.Tensor, mu: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -389,13 +399,16 @@ class HierarchicalVAE(nn.Module):
         use_prior_mean: bool = True,
         generator: torch.Generator | None = None,
         h1: torch.Tensor | None = None,
+        shared_noise: bool = False,
     ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
         """One pass: ``log p(x|z)`` and, per layer, elementwise ``log q - log p`` (None if skipped).
 
         Noise for all L posterior samples is drawn first (layer 1 first), then,
         only when ``use_prior_mean`` is False, prior noise for layers k ... 1.
+        ``shared_noise``: every draw has batch size 1 and is broadcast over the batch.
         """
-        n, L = x.shape[0], self.n_latent_layers
+        L = self.n_latent_layers
+        n = 1 if shared_noise else x.shape[0]
         kw = dict(generator=generator, device=x.device, dtype=x.dtype)
         eps = [torch.randn((n, *s), **kw) for s in self._latent_shapes]
         post, inp, aux = [], x, None
@@ -418,7 +431,7 @@ class HierarchicalVAE(nn.Module):
             elif use_prior_mean:
                 z = p_mu
             else:
-                z = p_mu + p_std * torch.randn(p_mu.shape, **kw)
+                z = p_mu + p_std * torch.randn((n, *p_mu.shape[1:]), **kw)
             d = self.p_paths[i](self.p_proj[i](z), d)
         return self._log_px(d, x), kls
 
@@ -457,15 +470,17 @@ class HierarchicalVAE(nn.Module):
             kl_total = kl_total + _flat_sum(kl)
         return -log_px + self.beta * kl_total
 
-    def _skip(self, x, k, use_prior_mean, generator, h1) -> torch.Tensor:
-        log_px, kls = self._terms(x, k, use_prior_mean, generator, h1)
+    def _skip(self, x, k, use_prior_mean, generator, h1, shared_noise=False) -> torch.Tensor:
+        log_px, kls = self._terms(x, k, use_prior_mean, generator, h1, shared_noise)
         return log_px - sum(_flat_sum(kl) for kl in kls if kl is not None)
 
-    def _iwae(self, x, n_samples, generator, h1) -> torch.Tensor:
-        terms = torch.stack([self._skip(x, 0, True, generator, h1) for _ in range(n_samples)])
+    def _iwae(self, x, n_samples, generator, h1, shared_noise=False) -> torch.Tensor:
+        terms = torch.stack([self._skip(x, 0, True, generator, h1, shared_noise) for _ in range(n_samples)])
         return torch.logsumexp(terms, 0) - math.log(n_samples)
 
-    def elbo(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def elbo(
+        self, x: torch.Tensor, generator: torch.Generator | None = None, shared_noise: bool = False
+    ) -> torch.Tensor:
         r"""Single-sample ELBO (Kingma & Welling 2014; Havtorn et al. 2021, eq. 2).
 
         .. math:: \mathcal{L}(x) = \log p(x|z) + \sum_{i=1}^{L}
@@ -477,12 +492,16 @@ class HierarchicalVAE(nn.Module):
             Binarized inputs (Bernoulli) or real inputs (Gaussian).
         generator : torch.Generator, optional
             Source of every random draw, on ``x.device``.
+        shared_noise : bool
+            Common random numbers: every draw has batch size 1 and is shared by
+            all samples, so a sample's value does not depend on its batch
+            (False: independent draws per sample).
 
         Returns
         -------
         Tensor of shape (n,), nats.
         """
-        return self.skip_elbo(x, 0, generator=generator)
+        return self.skip_elbo(x, 0, generator=generator, shared_noise=shared_noise)
 
     def skip_elbo(
         self,
@@ -490,6 +509,7 @@ class HierarchicalVAE(nn.Module):
         k: int,
         use_prior_mean: bool = True,
         generator: torch.Generator | None = None,
+        shared_noise: bool = False,
     ) -> torch.Tensor:
         r"""Skip bound :math:`\mathcal{L}^{>k}` of Havtorn et al. (ICML 2021, eq. 9), one sample.
 
@@ -512,6 +532,8 @@ class HierarchicalVAE(nn.Module):
         use_prior_mean : bool
             Prior means (True, the paper's choice) or prior samples for :math:`z_{\le k}`.
         generator : torch.Generator, optional
+        shared_noise : bool
+            One draw shared by the whole batch (see :meth:`elbo`).
 
         Returns
         -------
@@ -520,9 +542,15 @@ class HierarchicalVAE(nn.Module):
         self._check(x)
         if not 0 <= int(k) <= self.n_latent_layers:
             raise ValueError(f"k must be in 0..{self.n_latent_layers}, got {k}.")
-        return self._skip(x, int(k), use_prior_mean, generator, None)
+        return self._skip(x, int(k), use_prior_mean, generator, None, shared_noise)
 
-    def iwae(self, x: torch.Tensor, n_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def iwae(
+        self,
+        x: torch.Tensor,
+        n_samples: int,
+        generator: torch.Generator | None = None,
+        shared_noise: bool = False,
+    ) -> torch.Tensor:
         r"""Importance-weighted bound (Burda et al. 2016), one pass per sample.
 
         .. math:: \mathcal{L}_S(x) = \log \frac{1}{S} \sum_{s=1}^{S}
@@ -533,6 +561,7 @@ class HierarchicalVAE(nn.Module):
         :math:`E[\mathcal{L}_S]` rises with S towards :math:`\log p(x)`.
         Memory is that of one ELBO pass plus an ``(S, n)`` table; the
         deterministic bottom features :math:`Q_1(x)` are computed once.
+        ``shared_noise``: each of the S draws is shared by the whole batch (see :meth:`elbo`).
 
         Returns
         -------
@@ -541,16 +570,21 @@ class HierarchicalVAE(nn.Module):
         self._check(x)
         if int(n_samples) < 1:
             raise ValueError(f"n_samples must be a positive int, got {n_samples}.")
-        return self._iwae(x, int(n_samples), generator, self.q_paths[0](x))
+        return self._iwae(x, int(n_samples), generator, self.q_paths[0](x), shared_noise)
 
     def llr_scores(
-        self, x: torch.Tensor, n_samples: int = 1, generator: torch.Generator | None = None
+        self,
+        x: torch.Tensor,
+        n_samples: int = 1,
+        generator: torch.Generator | None = None,
+        shared_noise: bool = False,
     ) -> dict[str, torch.Tensor]:
         r"""All likelihood-ratio scores of Havtorn et al. (ICML 2021, eq. 10) in one call.
 
         .. math:: LLR^{>k}(x) = \mathcal{L}_S(x) - \mathcal{L}^{>k}(x),\quad k = 0, \dots, L
 
         (high means OOD). S + L + 1 passes, the bottom features computed once.
+        ``shared_noise``: every draw is shared by the whole batch (see :meth:`elbo`).
 
         Returns
         -------
@@ -564,8 +598,9 @@ class HierarchicalVAE(nn.Module):
         if int(n_samples) < 1:
             raise ValueError(f"n_samples must be a positive int, got {n_samples}.")
         h1 = self.q_paths[0](x)
-        skip = torch.stack([self._skip(x, k, True, generator, h1) for k in range(self.n_latent_layers + 1)], 1)
-        bound = skip[:, 0] if int(n_samples) == 1 else self._iwae(x, int(n_samples), generator, h1)
+        L, S = self.n_latent_layers, int(n_samples)
+        skip = torch.stack([self._skip(x, k, True, generator, h1, shared_noise) for k in range(L + 1)], 1)
+        bound = skip[:, 0] if S == 1 else self._iwae(x, S, generator, h1, shared_noise)
         return {"elbo_bound": bound, "skip": skip, "llr": bound[:, None] - skip}
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:

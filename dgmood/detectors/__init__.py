@@ -1,5 +1,7 @@
 """One estimator per module; each a thin scikit-learn layer over a torch backbone."""
 
+from .hvae_llr import HVAELikelihoodRatioDetector
 from .likelihood import LikelihoodDetector, TypicalityDetector
+from .lid_likelihood import LIDLikelihoodDetector
 
-__all__ = ["LikelihoodDetector", "TypicalityDetector"]
+__all__ = ["HVAELikelihoodRatioDetector", "LIDLikelihoodDetector", "LikelihoodDetector", "TypicalityDetector"]

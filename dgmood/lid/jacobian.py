@@ -34,6 +34,9 @@ __all__ = [
     "soft_lid_from_singular_values",
     "exact_lid",
     "fast_lid",
+    "slq_quadrature",
+    "count_from_quadrature",
+    "calibrate_log_tau",
     "lanczos_tridiagonal",
     "lidl_from_jacobian",
 ]
@@ -141,6 +144,50 @@ def _quadrature(alphas: torch.Tensor, betas: torch.Tensor) -> tuple[torch.Tensor
     return theta, U[:, 0, :] ** 2
 
 
+def slq_quadrature(
+    decode: Decoder,
+    z: torch.Tensor,
+    n_probes: int = 2,
+    n_steps: int = 20,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Stochastic Lanczos quadrature of :math:`A = J^\top J` per point.
+
+    For each of ``n_probes`` Rademacher probes :math:`v_p / \sqrt D` (the
+    same probes for every point: common random numbers, so a point's estimate
+    does not depend on its batch), ``n_steps`` Lanczos steps give
+    :math:`T_m = U \Theta U^\top`. Returns nodes :math:`\theta` and weights
+    :math:`(u_{1j})^2`, each (n, n_probes, m); :func:`count_from_quadrature`
+    turns them into a count for any :math:`\tau` without new products. Each
+    step costs one JVP and one VJP: ``2 * n_probes * n_steps`` products per
+    point, independent of D.
+    """
+    n, D = z.shape
+    probes = torch.randint(0, 2, (n_probes, D), generator=generator, device=z.device).to(z.dtype)
+    probes = ((2 * probes - 1) / math.sqrt(D)).repeat(n, 1)
+    zz = z.repeat_interleave(n_probes, 0)
+    alphas, betas = lanczos_tridiagonal(_gram_matvec(decode, zz), probes, n_steps)
+    theta, w = _quadrature(alphas, betas)
+    return theta.reshape(n, n_probes, -1), w.reshape(n, n_probes, -1)
+
+
+def count_from_quadrature(
+    theta: torch.Tensor, weights: torch.Tensor, n_dims: int, log_tau: float, soft: bool = False
+) -> torch.Tensor:
+    r"""SLQ estimate of the (hard or soft) count, (n,) float64:
+
+    .. math:: \mathrm{tr}\, g(A) \approx \frac{D}{P} \sum_{p=1}^{P} \sum_{j=1}^{m}
+              (u^{(p)}_{1j})^2\, g(\theta^{(p)}_j),
+
+    :math:`g(\lambda) = \mathbb 1[\lambda > \tau^2]` or
+    :math:`\lambda / (\lambda + \tau^2)` (Ubaru, Chen & Saad, 2017).
+    """
+    tau2 = math.exp(2 * log_tau)
+    th = theta.double().clamp_min(0)
+    g = th / (th + tau2) if soft else (th > tau2).double()
+    return n_dims * (weights.double() * g).sum(-1).mean(-1)
+
+
 def fast_lid(
     decode: Decoder,
     z: torch.Tensor,
@@ -152,29 +199,47 @@ def fast_lid(
 ) -> torch.Tensor:
     r"""LID by stochastic Lanczos quadrature (SLQ) on :math:`A = J^\top J`.
 
-    .. math:: \mathrm{tr}\, g(A) \approx \frac{D}{P} \sum_{p=1}^{P} \sum_{j=1}^{m}
-              (u^{(p)}_{1j})^2\, g(\theta^{(p)}_j)
-
-    (Ubaru, Chen & Saad, 2017): for each of ``n_probes`` Rademacher probes
-    :math:`v_p / \sqrt D`, ``n_steps`` Lanczos steps give a tridiagonal
-    :math:`T_m = U \Theta U^\top`; :math:`g(\lambda) = \mathbb 1[\lambda > \tau^2]`
-    (hard count) or :math:`\lambda / (\lambda + \tau^2)` (soft count). Each step
-    costs one JVP and one VJP, so the budget is ``2 * n_probes * n_steps``
-    products per point, independent of D. The estimate is unbiased in the
-    probes up to the quadrature error; its spread across probes is the
-    Hutchinson variance :math:`2 (\|g(A)\|_F^2 - \sum_i g(A)_{ii}^2) / P`.
+    :func:`slq_quadrature` then :func:`count_from_quadrature`. The estimate
+    is unbiased in the probes up to the quadrature error; its spread across
+    probes is the Hutchinson variance
+    :math:`2 (\|g(A)\|_F^2 - \sum_i g(A)_{ii}^2) / P`.
     """
-    n, D = z.shape
-    # the same probes for every point (common random numbers): a point's estimate
-    # does not depend on its batch, and estimation noise partly cancels in rankings
-    probes = torch.randint(0, 2, (n_probes, D), generator=generator, device=z.device).to(z.dtype)
-    probes = ((2 * probes - 1) / math.sqrt(D)).repeat(n, 1)
-    zz = z.repeat_interleave(n_probes, 0)
-    alphas, betas = lanczos_tridiagonal(_gram_matvec(decode, zz), probes, n_steps)
-    theta, w = _quadrature(alphas, betas)
-    tau2 = math.exp(2 * log_tau)
-    g = theta.clamp_min(0) / (theta.clamp_min(0) + tau2) if soft else (theta > tau2).double()
-    return (D * (w * g).sum(1)).reshape(n, n_probes).mean(1)
+    theta, w = slq_quadrature(decode, z, n_probes, n_steps, generator)
+    return count_from_quadrature(theta, w, z.shape[1], log_tau, soft)
+
+
+def calibrate_log_tau(
+    count: Callable[[float], torch.Tensor],
+    target: float,
+    lo: float = -20.0,
+    hi: float = 20.0,
+    tol: float = 1e-3,
+) -> float:
+    r"""Bisection on :math:`\log\tau` so that the mean count over a sample equals ``target``.
+
+    ``count(log_tau)`` returns per-point LIDs (non-increasing in
+    :math:`\log\tau`), computed from stored spectra so each call is free.
+    Returns the :math:`\log\tau` whose mean is closest to ``target`` (the ICML
+    paper's procedure, with local PCA giving the target).
+    """
+    def mean(t: float) -> float:
+        return float(count(t).mean())
+
+    if not mean(hi) <= target <= mean(lo):
+        raise ValueError(
+            f"target mean LID {target:.1f} is outside the reachable range "
+            f"[{mean(hi):.1f}, {mean(lo):.1f}] for log_tau in [{lo}, {hi}]."
+        )
+    best = (abs(mean(lo) - target), lo)
+    while hi - lo > tol:
+        mid = 0.5 * (lo + hi)
+        m = mean(mid)
+        best = min(best, (abs(m - target), mid))
+        if m > target:
+            lo = mid
+        else:
+            hi = mid
+    return float(best[1])
 
 
 def lidl_from_jacobian(J: torch.Tensor, z: torch.Tensor, log_sigma: float) -> torch.Tensor:

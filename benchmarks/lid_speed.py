@@ -1,0 +1,112 @@
+"""Fast (SLQ) vs exact Jacobian LID on the shipped FashionMNIST flow, in one run.
+
+Usage::
+
+    python benchmarks/lid_speed.py --json [--n 200] [--log-tau -3] [--n-probes 2] [--n-steps 20]
+
+Scores ``n`` FashionMNIST test + ``n`` MNIST test images with both methods on
+the same flow, the same latents and the same threads, and prints one JSON
+object: ``exact_s``, ``fast_s``, ``ratio`` (fast / exact), ``spearman`` (fast vs
+exact LID over all images), ``auroc_exact``, ``auroc_fast`` (LID alone, MNIST
+as the positive class), ``products_per_point`` of the fast method. The JSON is
+also written to ``benchmarks/results/lid_speed.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+from dgmood.datasets import load_dataset
+from dgmood.detectors.lid_likelihood import encode_with_log_prob
+from dgmood.lid.jacobian import (
+    count_from_quadrature,
+    lid_from_singular_values,
+    singular_values,
+    slq_quadrature,
+)
+from dgmood.metrics import auroc
+from dgmood.pretrained import load_pretrained
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=200, help="images per set")
+    p.add_argument("--log-tau", type=float, default=None, help="default: the calibrated value in lid_flow JSON, else -3")
+    p.add_argument("--n-probes", type=int, default=2)
+    p.add_argument("--n-steps", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--chunk-size", type=int, default=196, help="JVPs at a time in the exact Jacobian")
+    p.add_argument("--out", default="benchmarks/results/lid_speed.json")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+
+    log_tau = args.log_tau
+    if log_tau is None:
+        calibrated = Path("benchmarks/results/lid-flow_fashion_mnist_vs_mnist_n2000.json")
+        log_tau = json.loads(calibrated.read_text())["log_tau"] if calibrated.is_file() else -3.0
+    flow, spec = load_pretrained("fmnist-flow")
+    X_id, _ = load_dataset("fashion_mnist", "test", n=args.n, random_state=0)
+    X_ood, _ = load_dataset("mnist", "test", n=args.n, random_state=0)
+    x = torch.as_tensor(np.r_[X_id, X_ood], dtype=torch.float32).reshape(-1, 1, 28, 28) / 255.0
+    with torch.no_grad():
+        z = encode_with_log_prob(flow, x, torch.Generator().manual_seed(0))[0]
+    D = z.shape[1]
+
+    t0 = time.perf_counter()
+    sv = torch.cat([singular_values(flow.decode, z[i : i + 1], args.chunk_size) for i in range(len(z))])
+    exact_s = time.perf_counter() - t0
+    lid_exact = lid_from_singular_values(sv, log_tau).numpy()
+
+    t0 = time.perf_counter()
+    parts = []
+    for i in range(0, len(z), args.batch_size):
+        g = torch.Generator().manual_seed(1)
+        parts.append(slq_quadrature(flow.decode, z[i : i + args.batch_size], args.n_probes, args.n_steps, g))
+    fast_s = time.perf_counter() - t0
+    theta, w = (torch.cat(t) for t in zip(*parts))
+    lid_fast = count_from_quadrature(theta, w, D, log_tau).numpy()
+
+    n = args.n
+    result = {
+        "n_id": n,
+        "n_ood": n,
+        "log_tau": log_tau,
+        "exact_s": round(exact_s, 2),
+        "fast_s": round(fast_s, 2),
+        "ratio": round(fast_s / exact_s, 4),
+        "exact_s_per_image": round(exact_s / (2 * n), 4),
+        "fast_s_per_image": round(fast_s / (2 * n), 4),
+        "spearman": float(spearmanr(lid_fast, lid_exact).statistic),
+        "auroc_exact": auroc(lid_exact[:n], lid_exact[n:]),
+        "auroc_fast": auroc(lid_fast[:n], lid_fast[n:]),
+        "mean_lid_exact_id": float(lid_exact[:n].mean()),
+        "mean_lid_exact_ood": float(lid_exact[n:].mean()),
+        "mean_abs_count_error": float(np.abs(lid_fast - lid_exact).mean()),
+        "products_per_point": 2 * args.n_probes * args.n_steps,
+        "n_probes": args.n_probes,
+        "n_steps": args.n_steps,
+        "exact_products_per_point": D,
+        "backbone_sha256": spec.metadata().get("sha256"),
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "command": "python benchmarks/lid_speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
+    }
+    assert all(math.isfinite(v) for v in result.values() if isinstance(v, float))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result) if args.json else json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
