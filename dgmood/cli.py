@@ -22,7 +22,8 @@ __all__ = ["main", "run_benchmark"]
 DETECTORS = {
     "likelihood": ("LikelihoodDetector", "pretrained:fmnist-flow", {}),
     "typicality": ("TypicalityDetector", "pretrained:fmnist-flow", {}),
-    "lid-flow": ("LIDLikelihoodDetector", "pretrained:fmnist-flow", {"lid_method": "fast"}),
+    "lid-flow": ("LIDLikelihoodDetector", "pretrained:fmnist-flow", {"lid_method": "exact"}),
+    "hvae-llr": ("HVAELikelihoodRatioDetector", "pretrained:fmnist-hvae", {"k": "auto", "n_samples": 16}),
 }
 
 
@@ -42,7 +43,21 @@ def _component_metrics(det, comp_id: dict, comp_ood: dict) -> dict:
     """Per-component AUROCs and, for two-score detectors, the oracle envelope (METHODS.md 4)."""
     from .metrics import auroc, oracle_dual_auroc
 
+    from .metrics import auprc, fpr_at_tpr
+
     out = {}
+    if "llr_0" in comp_id:
+        per_k = {}
+        for key in sorted(k for k in comp_id if k.startswith("llr_")):
+            s_id, s_ood = -comp_id[key], -comp_ood[key]
+            per_k[key.split("_")[1]] = {"auroc": auroc(s_id, s_ood), "auprc": auprc(s_id, s_ood),
+                                       "fpr80": fpr_at_tpr(s_id, s_ood, 0.8)}
+        s_id, s_ood = det._score_from_components(comp_id), det._score_from_components(comp_ood)
+        per_k[f"auto{list(map(int, getattr(det, 'auto_ks_', [])))}" if det.k == "auto" else f"k={det.k}"] = {
+            "auroc": auroc(s_id, s_ood), "auprc": auprc(s_id, s_ood), "fpr80": fpr_at_tpr(s_id, s_ood, 0.8)}
+        out["per_k"] = per_k
+        out["likelihood_auroc"] = auroc(comp_id["elbo_bound"], comp_ood["elbo_bound"])
+        out["n_samples"] = det.n_samples
     if "log_prob" in comp_id:
         out["likelihood_auroc"] = auroc(comp_id["log_prob"], comp_ood["log_prob"])
     if "lid" in comp_id:
@@ -151,7 +166,8 @@ def _demo(args) -> int:
     print(f"dgmood demo: FashionMNIST (in-distribution) vs MNIST (OOD) test images, shipped weights")
     print("AUROC with OOD as the positive class: 1 = perfect, 0.5 = chance, < 0.5 = OOD looks *more* in-distribution")
     for name in args.detectors:
-        n, n_cal = (args.n_lid, args.n_lid) if name == "lid-flow" else (args.n, args.n_cal)
+        n, n_cal = {"lid-flow": (args.n_lid, args.n_lid), "hvae-llr": (args.n_hvae, args.n_hvae)}.get(
+            name, (args.n, args.n_cal))
         result, raw = run_benchmark(name, n=n, n_cal=n_cal, device=args.device, n_boot=args.n_boot)
         rows.append(result)
         if name == "likelihood":
@@ -160,6 +176,14 @@ def _demo(args) -> int:
                 labels=("FashionMNIST test (ID)", "MNIST test (OOD)"), xlabel="log p(x) [nats]",
                 title=f"Flow trained on FashionMNIST: AUROC {result['auroc']:.3f}",
             )
+            print(f"wrote {path}")
+        if name == "hvae-llr":
+            from .plotting import plot_score_histograms as hist
+
+            k_best = 1
+            path = hist(-raw["id"][f"llr_{k_best}"], -raw["ood"][f"llr_{k_best}"], out / "hvae_llr.png",
+                        labels=("FashionMNIST test (ID)", "MNIST test (OOD)"), xlabel=f"-LLR^>{k_best} [nats]",
+                        title=f"HVAE likelihood ratio, k={k_best}, S={raw['detector'].n_samples}")
             print(f"wrote {path}")
         if name == "lid-flow":
             det = raw["detector"]
@@ -213,8 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="shipped weights: FashionMNIST vs MNIST table and figures")
     demo.add_argument("--n", type=int, default=2000, help="test images per set")
     demo.add_argument("--n-cal", type=int, default=2000, help="held-out training images to calibrate on")
-    demo.add_argument("--n-lid", type=int, default=300, help="test (and calibration) images per set for lid-flow")
-    demo.add_argument("--detectors", nargs="+", default=["likelihood", "typicality", "lid-flow"])
+    demo.add_argument("--n-lid", type=int, default=50, help="test (and calibration) images per set for lid-flow")
+    demo.add_argument("--n-hvae", type=int, default=300, help="test (and calibration) images per set for hvae-llr")
+    demo.add_argument("--detectors", nargs="+", default=["likelihood", "typicality", "hvae-llr"],
+                      choices=sorted(DETECTORS))
     demo.add_argument("--out", default="demo_output")
     demo.add_argument("--device", default="auto")
     demo.add_argument("--n-boot", type=int, default=1000)

@@ -41,12 +41,9 @@ def _flow_schedules(lr):
 
 
 def _hvae_schedules():
-    # The reference's 1000-epoch schedule, in fractions of training:
-    # beta 0 -> 1 over the first 20 %; free bits constant for 20 %, then -> 0 by 40 %.
-    return {
-        "beta": lambda p: min(1.0, p / 0.2),
-        "free_bits": lambda p: 2.0 * (1.0 if p < 0.2 else max(0.0, 1.0 - (p - 0.2) / 0.2)),
-    }
+    from dgmood.detectors.hvae_llr import hvae_schedules
+
+    return hvae_schedules(2.0)
 
 
 @torch.no_grad()

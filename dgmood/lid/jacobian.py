@@ -35,6 +35,7 @@ __all__ = [
     "exact_lid",
     "fast_lid",
     "slq_quadrature",
+    "golub_kahan",
     "count_from_quadrature",
     "calibrate_log_tau",
     "lanczos_tridiagonal",
@@ -144,6 +145,50 @@ def _quadrature(alphas: torch.Tensor, betas: torch.Tensor) -> tuple[torch.Tensor
     return theta, U[:, 0, :] ** 2
 
 
+def golub_kahan(
+    decode: Decoder, z: torch.Tensor, v0: torch.Tensor, n_steps: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Batched Golub-Kahan-Lanczos bidiagonalization of :math:`J` from unit ``v0``.
+
+    :math:`J V_m = U_m B_m` with :math:`B_m` upper bidiagonal (diagonal
+    :math:`\alpha`, superdiagonal :math:`\beta`); :math:`B_m^\top B_m` is the
+    Lanczos tridiagonal of :math:`J^\top J` started at ``v0``, but the
+    recurrence touches :math:`J` and :math:`J^\top` separately, so float32
+    products resolve singular values down to about :math:`10^{-6}\sigma_{\max}`
+    instead of :math:`10^{-3}\sigma_{\max}` for Lanczos on :math:`J^\top J`.
+    Both bases are fully reorthogonalized in float64. One JVP and one VJP per
+    step. Returns (alphas (b, m), betas (b, m)).
+    """
+    flat = _flat(decode)
+    _, pullback = vjp(flat, z)
+    Jv = lambda v: jvp(flat, (z,), (v.to(z.dtype),))[1].double()  # noqa: E731
+    JTu = lambda u: pullback(u.to(z.dtype))[0].double()  # noqa: E731
+    b, D = v0.shape
+    m = min(n_steps, D)
+    V = torch.zeros(b, m + 1, D, dtype=torch.float64, device=z.device)
+    U = None
+    alphas = torch.zeros(b, m, dtype=torch.float64, device=z.device)
+    betas = torch.zeros(b, m, dtype=torch.float64, device=z.device)
+
+    def orth(w, basis, k):
+        for _ in range(2):
+            w = w - torch.einsum("bm,bmd->bd", torch.einsum("bmd,bd->bm", basis[:, :k], w), basis[:, :k])
+        return w
+
+    V[:, 0] = v0.double() / v0.double().norm(dim=1, keepdim=True)
+    for j in range(m):
+        u = Jv(V[:, j])
+        if U is None:
+            U = torch.zeros(b, m, u.shape[1], dtype=torch.float64, device=z.device)
+        u = orth(u, U, j)
+        alphas[:, j] = u.norm(dim=1)
+        U[:, j] = u / alphas[:, j].clamp_min(1e-300)[:, None]
+        w = orth(JTu(U[:, j]), V, j + 1)
+        betas[:, j] = w.norm(dim=1)
+        V[:, j + 1] = w / betas[:, j].clamp_min(1e-300)[:, None]
+    return alphas, betas
+
+
 def slq_quadrature(
     decode: Decoder,
     z: torch.Tensor,
@@ -155,19 +200,25 @@ def slq_quadrature(
 
     For each of ``n_probes`` Rademacher probes :math:`v_p / \sqrt D` (the
     same probes for every point: common random numbers, so a point's estimate
-    does not depend on its batch), ``n_steps`` Lanczos steps give
-    :math:`T_m = U \Theta U^\top`. Returns nodes :math:`\theta` and weights
-    :math:`(u_{1j})^2`, each (n, n_probes, m); :func:`count_from_quadrature`
-    turns them into a count for any :math:`\tau` without new products. Each
-    step costs one JVP and one VJP: ``2 * n_probes * n_steps`` products per
-    point, independent of D.
+    does not depend on its batch), ``n_steps`` Golub-Kahan steps
+    (:func:`golub_kahan`) give :math:`B_m = P \Sigma Q^\top`; the quadrature
+    nodes are :math:`\theta_j = \sigma_j(B_m)^2` and the weights
+    :math:`q_{1j}^2`. Returns (nodes, weights), each (n, n_probes, m);
+    :func:`count_from_quadrature` turns them into a count for any :math:`\tau`
+    without new products. Each step costs one JVP and one VJP:
+    ``2 * n_probes * n_steps`` products per point, independent of D.
     """
     n, D = z.shape
-    probes = torch.randint(0, 2, (n_probes, D), generator=generator, device=z.device).to(z.dtype)
+    probes = torch.randint(0, 2, (n_probes, D), generator=generator, device=z.device).to(torch.float64)
     probes = ((2 * probes - 1) / math.sqrt(D)).repeat(n, 1)
     zz = z.repeat_interleave(n_probes, 0)
-    alphas, betas = lanczos_tridiagonal(_gram_matvec(decode, zz), probes, n_steps)
-    theta, w = _quadrature(alphas, betas)
+    alphas, betas = golub_kahan(decode, zz, probes, n_steps)
+    m = alphas.shape[1]
+    # J V_m = U_m B_m with B_m upper bidiagonal (diagonal alpha, superdiagonal
+    # beta_1..beta_{m-1}); B_m^T B_m is the Lanczos tridiagonal of J^T J from v_1
+    B = torch.diag_embed(alphas) + torch.diag_embed(betas[:, : m - 1], 1)
+    _, S, Vh = torch.linalg.svd(B)
+    theta, w = S**2, Vh[:, :, 0] ** 2
     return theta.reshape(n, n_probes, -1), w.reshape(n, n_probes, -1)
 
 
