@@ -39,10 +39,11 @@ def test_tau_calibration_hits_target_within_one():
 
 
 @pytest.fixture(scope="module")
-def subspace_detectors():
-    X = make_manifold("subspace", 3000, intrinsic_dim=2, ambient_dim=5, noise=0.01, random_state=0)
-    kw = dict(backbone_params={"hidden": 32, "n_layers": 4}, max_epochs=15, random_state=0,
-              lpca_neighbors=50, lpca_alpha=0.05, memory=None)
+def subspace_detectors(tmp_path_factory):
+    X = make_manifold("subspace", 2000, intrinsic_dim=2, ambient_dim=5, noise=0.01, random_state=0)
+    # one cached backbone serves both LID methods
+    kw = dict(backbone_params={"hidden": 32, "n_layers": 4}, max_epochs=10, random_state=0,
+              lpca_neighbors=50, lpca_alpha=0.05, memory=str(tmp_path_factory.mktemp("cache")))
     exact = LIDLikelihoodDetector(lid_method="exact", **kw).fit(X)
     fast = LIDLikelihoodDetector(lid_method="fast", n_probes=16, n_steps=5, **kw).fit(X)
     return X, exact, fast

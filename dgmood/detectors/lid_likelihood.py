@@ -37,7 +37,7 @@ from ..lid.jacobian import (
 )
 from ..lid.lpca import lpca_lid
 from ..thresholds import DualThresholdRule
-from .likelihood import _flow_builder
+from .likelihood import flow_builder
 
 __all__ = ["LIDLikelihoodDetector"]
 
@@ -155,11 +155,7 @@ class LIDLikelihoodDetector(BaseDetector):
         self.verbose = verbose
 
     def _build_backbone(self, n_features: int):
-        if self.backbone != "flow":
-            raise ValueError(
-                f"backbone must be 'flow', 'pretrained:<name>' or an nn.Module, got {self.backbone!r}."
-            )
-        return _flow_builder(self.input_shape_, self.backbone_params)
+        return flow_builder(self)
 
     # ------------------------------------------------------------ spectra
     def _spectra(self, module, xb, generators):

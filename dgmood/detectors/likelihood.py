@@ -21,10 +21,15 @@ from ..base import BaseDetector
 __all__ = ["LikelihoodDetector", "TypicalityDetector"]
 
 
-def _flow_builder(input_shape: tuple[int, ...], params: dict | None):
+def flow_builder(detector) -> tuple:
+    """``(class, kwargs)`` of the flow a detector with ``backbone="flow"`` trains."""
+    if detector.backbone != "flow":
+        raise ValueError(
+            f"backbone must be 'flow', 'pretrained:<name>' or an nn.Module, got {detector.backbone!r}."
+        )
     from ..backbones.flows import ImageFlow, TabularFlow
 
-    params = dict(params or {})
+    input_shape, params = detector.input_shape_, dict(detector.backbone_params or {})
     if len(input_shape) == 3:
         return ImageFlow, dict(input_shape=tuple(input_shape), **params)
     return TabularFlow, dict(n_features=int(input_shape[0]), **params)
@@ -110,11 +115,7 @@ class LikelihoodDetector(BaseDetector):
         self.verbose = verbose
 
     def _build_backbone(self, n_features: int):
-        if self.backbone != "flow":
-            raise ValueError(
-                f"backbone must be 'flow', 'pretrained:<name>' or an nn.Module, got {self.backbone!r}."
-            )
-        return _flow_builder(self.input_shape_, self.backbone_params)
+        return flow_builder(self)
 
     def _batch_components(self, module, xb, generators):
         return {"log_prob": flow_log_prob(module, xb, generators[0])}
