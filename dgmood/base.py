@@ -72,7 +72,8 @@ class BaseDetector(OutlierMixin, BaseEstimator):
     * ``_build_backbone(n_features)`` -> ``(callable, kwargs)`` building a fresh
       module (used when the backbone is trained), or rely on
       ``backbone="pretrained:<name>"`` / an ``nn.Module`` instance;
-    * ``_batch_components(module, xb, generator)`` -> dict of 1-D tensors;
+    * ``_batch_components(module, xb, generators)`` -> dict of per-sample tensors;
+    * optionally ``_finish_components(raw, fitting)`` turning them into 1-D components;
     * ``_score_from_components(components)`` -> float64 scores (higher = ID);
     * optionally ``_calibrate(components)`` on the held-out fit data.
     """
@@ -154,10 +155,11 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         rng = self.data_range_
         Xf = X.astype(np.float64, copy=False)
         if rng == "uint8":
-            if Xf.min() < 0 or Xf.max() > 255 or not np.all(Xf == np.round(Xf)):
+            integral = np.all(Xf == np.round(Xf))
+            if Xf.min() < 0 or Xf.max() > 255 or not integral:
                 raise ValueError(
                     "Expected 8-bit pixels (integers 0..255, as at fit), got values in "
-                    f"[{Xf.min():.4g}, {Xf.max():.4g}]{'' if np.all(Xf == np.round(Xf)) else ' with fractions'}."
+                    f"[{Xf.min():.4g}, {Xf.max():.4g}]{'' if integral else ' with fractions'}."
                 )
             Xf = Xf / 255.0
         elif rng == "unit":
@@ -274,7 +276,7 @@ class BaseDetector(OutlierMixin, BaseEstimator):
             X_train, X_cal = Xf[:0], Xf
         self._fit_backbone(X_train)
         self._prepare(X_train, X_cal)
-        components = self._components(X_cal)
+        components = self._components(X_cal, fitting=True)
         self._calibrate(components)
         scores = self._score_from_components(components)
         self.calibration_scores_ = scores
@@ -289,7 +291,7 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         return self.max_epochs > 0
 
     def _prepare(self, X_train: np.ndarray, X_cal: np.ndarray) -> None:
-        """Hook: fit detector settings that scoring needs (e.g. a threshold tau) before calibration."""
+        """Hook: fit detector settings that scoring needs, before the held-out slice is scored."""
 
     def _calibrate(self, components: dict[str, np.ndarray]) -> None:
         """Hook: fit detector-level statistics on held-out in-distribution components."""
@@ -300,7 +302,8 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         return [torch.Generator(device=device).manual_seed(seed + 7919 * i) for i in range(self._generator_streams)]
 
     @torch.no_grad()
-    def _components(self, Xf: np.ndarray) -> dict[str, np.ndarray]:
+    def _components(self, Xf: np.ndarray, fitting: bool = False) -> dict[str, np.ndarray]:
+        """Per-sample components of ``Xf``, computed in batches then finished by the subclass."""
         module, device = self._scoring_module()
         shape = self.input_shape_
         out: dict[str, list[np.ndarray]] = {}
@@ -310,7 +313,7 @@ class BaseDetector(OutlierMixin, BaseEstimator):
             parts = self._batch_components(module, xb, self._generators(device))
             for key, value in parts.items():
                 out.setdefault(key, []).append(value.detach().to("cpu", torch.float64).numpy())
-        components = {k: np.concatenate(v) for k, v in out.items()}
+        components = self._finish_components({k: np.concatenate(v) for k, v in out.items()}, fitting)
         for key, value in components.items():
             if not np.all(np.isfinite(value)):
                 raise FloatingPointError(
@@ -321,6 +324,11 @@ class BaseDetector(OutlierMixin, BaseEstimator):
 
     def _batch_components(self, module, xb, generators) -> dict[str, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError
+
+    def _finish_components(self, raw: dict[str, np.ndarray], fitting: bool) -> dict[str, np.ndarray]:
+        """Hook: turn the concatenated batch outputs into the components (``fitting``: the held-out
+        slice during ``fit``, before ``_calibrate``). Default: unchanged."""
+        return raw
 
     def _score_from_components(self, components: dict[str, np.ndarray]) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError

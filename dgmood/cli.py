@@ -39,7 +39,7 @@ def _make_detector(name: str, device: str, random_state: int, verbose: int, para
     )
 
 
-def _component_metrics(det, comp_id: dict, comp_ood: dict) -> dict:
+def _component_metrics(det, comp_id: dict, comp_ood: dict, s_id: np.ndarray, s_ood: np.ndarray) -> dict:
     """Per-component AUROCs and, for two-score detectors, the oracle envelope (METHODS.md 4)."""
     from .metrics import auroc, oracle_dual_auroc
 
@@ -47,14 +47,13 @@ def _component_metrics(det, comp_id: dict, comp_ood: dict) -> dict:
 
     out = {}
     if "llr_0" in comp_id:
-        per_k = {}
-        for key in sorted(k for k in comp_id if k.startswith("llr_")):
-            s_id, s_ood = -comp_id[key], -comp_ood[key]
-            per_k[key.split("_")[1]] = {"auroc": auroc(s_id, s_ood), "auprc": auprc(s_id, s_ood),
-                                       "fpr80": fpr_at_tpr(s_id, s_ood, 0.8)}
-        s_id, s_ood = det._score_from_components(comp_id), det._score_from_components(comp_ood)
-        per_k[f"auto{list(map(int, getattr(det, 'auto_ks_', [])))}" if det.k == "auto" else f"k={det.k}"] = {
-            "auroc": auroc(s_id, s_ood), "auprc": auprc(s_id, s_ood), "fpr80": fpr_at_tpr(s_id, s_ood, 0.8)}
+        def row(a, b):
+            return {"auroc": auroc(a, b), "auprc": auprc(a, b), "fpr80": fpr_at_tpr(a, b, 0.8)}
+
+        per_k = {key.split("_")[1]: row(-comp_id[key], -comp_ood[key])
+                 for key in sorted(k for k in comp_id if k.startswith("llr_"))}
+        per_k[f"auto{list(map(int, getattr(det, 'auto_ks_', [])))}" if det.k == "auto" else f"k={det.k}"] = row(
+            s_id, s_ood)
         out["per_k"] = per_k
         out["likelihood_auroc"] = auroc(comp_id["elbo_bound"], comp_ood["elbo_bound"])
         out["n_samples"] = det.n_samples
@@ -133,7 +132,7 @@ def run_benchmark(
         "auprc_in": m["auprc_in"],
         "fpr95": m["fpr95"],
         "fpr80": m["fpr80"],
-        **_component_metrics(det, comp_id, comp_ood),
+        **_component_metrics(det, comp_id, comp_ood, s_id, s_ood),
         "seconds": round(seconds, 1),
         "backbone": det.backbone,
         "backbone_sha256": getattr(det, "backbone_metadata_", {}).get("sha256"),
@@ -163,7 +162,7 @@ def _demo(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     rows = []
-    print(f"dgmood demo: FashionMNIST (in-distribution) vs MNIST (OOD) test images, shipped weights")
+    print("dgmood demo: FashionMNIST (in-distribution) vs MNIST (OOD) test images, shipped weights")
     print("AUROC with OOD as the positive class: 1 = perfect, 0.5 = chance, < 0.5 = OOD looks *more* in-distribution")
     for name in args.detectors:
         n, n_cal = {"lid-flow": (args.n_lid, args.n_lid), "hvae-llr": (args.n_hvae, args.n_hvae)}.get(
@@ -178,10 +177,8 @@ def _demo(args) -> int:
             )
             print(f"wrote {path}")
         if name == "hvae-llr":
-            from .plotting import plot_score_histograms as hist
-
             k_best = 1
-            path = hist(-raw["id"][f"llr_{k_best}"], -raw["ood"][f"llr_{k_best}"], out / "hvae_llr.png",
+            path = plot_score_histograms(-raw["id"][f"llr_{k_best}"], -raw["ood"][f"llr_{k_best}"], out / "hvae_llr.png",
                         labels=("FashionMNIST test (ID)", "MNIST test (OOD)"), xlabel=f"-LLR^>{k_best} [nats]",
                         title=f"HVAE likelihood ratio, k={k_best}, S={raw['detector'].n_samples}")
             print(f"wrote {path}")

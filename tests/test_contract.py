@@ -261,7 +261,7 @@ def test_memory_trains_backbone_once(tmp_path, tabular):
     assert len(cached) == 1
 
 
-def test_device_auto_falls_back_to_cpu(tabular_detector):
+def test_unavailable_cuda_is_a_clear_error(tabular_detector):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     det = clone(tabular_detector)

@@ -158,53 +158,52 @@ class LIDLikelihoodDetector(BaseDetector):
         return flow_builder(self)
 
     # ------------------------------------------------------------ spectra
-    def _spectra(self, module, xb, generators):
-        """log p and what the LID count needs: singular values (exact) or SLQ nodes/weights (fast)."""
+    def _batch_components(self, module, xb, generators):
+        """log p and what the LID count needs: singular values (exact) or SLQ nodes/weights (fast).
+
+        The count itself is taken in :meth:`_finish_components`, so the held-out
+        spectra computed once in ``fit`` serve both the tau calibration and the ECDFs.
+        """
         z, log_prob = encode_with_log_prob(module, xb, generators[0])
         if self.lid_method == "exact":
-            return log_prob, (singular_values(module.decode, z),)
-        return log_prob, slq_quadrature(module.decode, z, self.n_probes, self.n_steps, generators[1])
+            return {"log_prob": log_prob, "sv": singular_values(module.decode, z)}
+        theta, weight = slq_quadrature(module.decode, z, self.n_probes, self.n_steps, generators[1])
+        return {"log_prob": log_prob, "theta": theta, "weight": weight}
 
-    def _count(self, spectra, n_dims: int, log_tau: float) -> torch.Tensor:
+    def _count(self, raw: dict, log_tau: float) -> torch.Tensor:
         soft = self.count == "soft"
         if self.lid_method == "exact":
-            (sv,) = spectra
+            sv = torch.as_tensor(raw["sv"])
             return soft_lid_from_singular_values(sv, log_tau) if soft else lid_from_singular_values(sv, log_tau)
-        theta, w = spectra
-        return count_from_quadrature(theta, w, n_dims, log_tau, soft)
+        theta, weight = torch.as_tensor(raw["theta"]), torch.as_tensor(raw["weight"])
+        return count_from_quadrature(theta, weight, int(np.prod(self.input_shape_)), log_tau, soft)
 
-    def _batch_components(self, module, xb, generators):
-        log_prob, spectra = self._spectra(module, xb, generators)
-        return {"log_prob": log_prob, "lid": self._count(spectra, xb[0].numel(), self.log_tau_)}
+    def _finish_components(self, raw, fitting):
+        if fitting and self.log_tau == "auto":
+            subset = {k: v[self._calibration_subset(len(raw["log_prob"]))] for k, v in raw.items()}
+            self.log_tau_ = calibrate_log_tau(lambda t: self._count(subset, t), self.lid_target_)
+        return {"log_prob": raw["log_prob"], "lid": self._count(raw, self.log_tau_).numpy()}
 
     # ------------------------------------------------------------ fitting
+    def _calibration_subset(self, n: int) -> np.ndarray:
+        """The held-out points (at most ``n_calibration``) whose mean LID calibrates tau."""
+        return check_random_state(self.seed_).choice(n, min(self.n_calibration, n), replace=False)
+
     def _prepare(self, X_train, X_cal):
-        self.lid_target_ = None
         if self.log_tau != "auto":
-            self.log_tau_ = float(self.log_tau)
+            self.log_tau_, self.lid_target_ = float(self.log_tau), None
             return
-        rng = check_random_state(self.seed_)
-        idx = rng.choice(len(X_cal), min(self.n_calibration, len(X_cal)), replace=False)
-        X_fit = np.concatenate([X_train, X_cal])
         if self.lid_target is not None:
-            target = float(self.lid_target)
-        else:
-            k = min(self.lpca_neighbors, len(X_fit) - 1)
-            if k < 2:
-                raise ValueError("log_tau='auto' without lid_target needs at least 3 fit samples for local PCA.")
-            target = float(lpca_lid(X_cal[idx], X_fit, n_neighbors=k, alpha=self.lpca_alpha,
-                                    exclude_self=True).mean())
-        module, device = self._scoring_module()
-        spectra = []
-        with torch.no_grad():
-            for start in range(0, len(idx), self.batch_size):
-                xb = torch.as_tensor(X_cal[idx[start : start + self.batch_size]], device=device)
-                xb = xb.reshape(-1, *self.input_shape_)
-                spectra.append(self._spectra(module, xb, self._generators(device))[1])
-        parts = [torch.cat(p) for p in zip(*spectra)]
-        n_dims = int(np.prod(self.input_shape_))
-        self.lid_target_ = target
-        self.log_tau_ = calibrate_log_tau(lambda t: self._count(parts, n_dims, t), target)
+            self.lid_target_ = float(self.lid_target)
+            return
+        X_fit = np.concatenate([X_train, X_cal])
+        k = min(self.lpca_neighbors, len(X_fit) - 1)
+        if k < 2:
+            raise ValueError("log_tau='auto' without lid_target needs at least 3 fit samples for local PCA.")
+        queries = X_cal[self._calibration_subset(len(X_cal))]
+        self.lid_target_ = float(
+            lpca_lid(queries, X_fit, n_neighbors=k, alpha=self.lpca_alpha, exclude_self=True).mean()
+        )
 
     def _calibrate(self, components):
         self.rule_ = DualThresholdRule().fit(np.c_[components["log_prob"], components["lid"]])

@@ -38,7 +38,6 @@ __all__ = [
     "golub_kahan",
     "count_from_quadrature",
     "calibrate_log_tau",
-    "lanczos_tridiagonal",
     "lidl_from_jacobian",
 ]
 
@@ -95,54 +94,6 @@ def exact_lid(
     """Exact (hard or soft) LID per point from the full Jacobian spectrum, (n,) float64."""
     sv = singular_values(decode, z, chunk_size)
     return soft_lid_from_singular_values(sv, log_tau) if soft else lid_from_singular_values(sv, log_tau)
-
-
-def _gram_matvec(decode: Decoder, z: torch.Tensor):
-    r"""Return ``v -> J^T J v`` for every row of the batch at once (one JVP + one VJP)."""
-    flat = _flat(decode)
-    _, pullback = vjp(flat, z)
-
-    def matvec(v: torch.Tensor) -> torch.Tensor:
-        _, jv = jvp(flat, (z,), (v,))
-        return pullback(jv)[0]
-
-    return matvec
-
-
-def lanczos_tridiagonal(matvec, q0: torch.Tensor, n_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""Batched Lanczos with full reorthogonalization: tridiagonal :math:`T_m` per row.
-
-    ``q0`` (b, D) unit start vectors; ``matvec`` maps (b, D) -> (b, D) for a
-    symmetric operator per row. Returns (alphas (b, m), betas (b, m - 1)),
-    float64. Reorthogonalization against the m stored vectors costs
-    :math:`O(m^2 D)`, negligible next to the products for m ~ 20.
-    """
-    b, D = q0.shape
-    m = min(n_steps, D)
-    Q = torch.zeros(b, m, D, dtype=torch.float64, device=q0.device)
-    alphas = torch.zeros(b, m, dtype=torch.float64, device=q0.device)
-    betas = torch.zeros(b, max(m - 1, 0), dtype=torch.float64, device=q0.device)
-    q = q0.double()
-    for j in range(m):
-        Q[:, j] = q
-        w = matvec(q.to(q0.dtype)).double()
-        alphas[:, j] = (w * q).sum(1)
-        # full reorthogonalization (twice is enough)
-        for _ in range(2):
-            w = w - torch.einsum("bm,bmd->bd", torch.einsum("bmd,bd->bm", Q[:, : j + 1], w), Q[:, : j + 1])
-        if j == m - 1:
-            break
-        beta = w.norm(dim=1)
-        betas[:, j] = beta
-        q = w / beta.clamp_min(1e-30)[:, None]
-    return alphas, betas
-
-
-def _quadrature(alphas: torch.Tensor, betas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gauss quadrature nodes (Ritz values) and weights (first eigenvector components squared)."""
-    T = torch.diag_embed(alphas) + torch.diag_embed(betas, 1) + torch.diag_embed(betas, -1)
-    theta, U = torch.linalg.eigh(T)
-    return theta, U[:, 0, :] ** 2
 
 
 def golub_kahan(
