@@ -10,7 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["plot_score_histograms", "plot_roc", "plot_likelihood_vs_lid"]
+__all__ = [
+    "plot_likelihood_vs_lid",
+    "plot_llr_per_k",
+    "plot_roc",
+    "plot_score_histograms",
+]
 
 
 def _axes(ax=None, figsize=(6.4, 4.0)):
@@ -30,7 +35,8 @@ def _finish(fig, path):
         return fig
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:  # keep a figure's own (e.g. constrained) layout
+        fig.tight_layout()
     fig.savefig(path, dpi=120)
     import matplotlib.pyplot as plt
 
@@ -116,4 +122,92 @@ def plot_likelihood_vs_lid(
     if title:
         ax.set_title(title)
     ax.legend(frameon=False, loc="lower left", markerscale=3)
+    return _finish(fig, path)
+
+
+def plot_llr_per_k(
+    components_id: dict,
+    components_ood: dict,
+    path: str | Path | None = None,
+    *,
+    labels: tuple[str, str] = ("in-distribution", "out-of-distribution"),
+    bins: int = 40,
+    axes=None,
+):
+    r"""Histograms of a hierarchical VAE's :math:`LLR^{>k}`, one panel per k = 0 .. L.
+
+    ``components_id`` and ``components_ood`` are
+    :meth:`~dgmood.HVAELikelihoodRatioDetector.score_components` outputs; their
+    ``"llr_0"`` ... ``"llr_L"`` entries are plotted (density histograms, shared
+    bins per panel between the 0.5th and 99.5th percentiles of both sets, values
+    outside clipped into the end bins). Each panel's title holds the AUROC of
+    the single-k score :math:`-LLR^{>k}` (OOD positive,
+    :func:`~dgmood.metrics.auroc`).
+
+    ``axes``: a sequence of L + 1 Axes to draw on (the legend then goes in the
+    first); by default a new figure with one row of panels and the legend below
+    them. Returns the saved path when ``path`` is given, else the
+    figure.
+    """
+    from .metrics import auroc
+
+    ks = sorted(int(key[4:]) for key in components_id if key.startswith("llr_"))
+    if not ks or ks != list(range(len(ks))):
+        raise ValueError(
+            "components_id needs llr_0 .. llr_L (as score_components returns); "
+            f"got {sorted(components_id)}."
+        )
+    missing = [f"llr_{k}" for k in ks if f"llr_{k}" not in components_ood]
+    if missing:
+        raise ValueError(f"components_ood lacks {missing}.")
+    if axes is None:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(
+            1,
+            len(ks),
+            figsize=(3.0 * len(ks), 3.4),
+            squeeze=False,
+            layout="constrained",
+        )
+        axes, legend_outside = axes[0], True
+    else:
+        legend_outside = False
+        axes = list(np.ravel(axes))
+        if len(axes) != len(ks):
+            raise ValueError(
+                f"axes must hold {len(ks)} Axes (k = 0 .. {ks[-1]}), got {len(axes)}."
+            )
+        fig = axes[0].figure
+    for k, ax in zip(ks, axes):
+        llr_id = np.asarray(components_id[f"llr_{k}"], float)
+        llr_ood = np.asarray(components_ood[f"llr_{k}"], float)
+        both = np.r_[llr_id, llr_ood]
+        lo, hi = np.percentile(both, 0.5), np.percentile(both, 99.5)
+        if not hi > lo:  # e.g. LLR^{>0} == 0 for every point when S == 1
+            lo, hi = lo - 0.5, hi + 0.5
+        edges = np.linspace(lo, hi, bins + 1)
+        for values, label, color in (
+            (llr_id, labels[0], "C0"),
+            (llr_ood, labels[1], "C3"),
+        ):
+            ax.hist(
+                np.clip(values, lo, hi),
+                bins=edges,
+                density=True,
+                alpha=0.55,
+                color=color,
+                label=f"{label} (n={len(values)})",
+            )
+        ax.set_title(f"k = {k}: AUROC {auroc(-llr_id, -llr_ood):.3f}")
+        ax.set_xlabel(f"LLR$^{{>{k}}}$ [nats]")
+    axes[0].set_ylabel("density")
+    if legend_outside:
+        handles, names = axes[0].get_legend_handles_labels()
+        fig.legend(handles, names, loc="outside lower center", ncol=2, frameon=False)
+    else:
+        axes[0].legend(frameon=False, fontsize="small")
     return _finish(fig, path)
