@@ -278,7 +278,7 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         self._prepare(X_train, X_cal)
         components = self._components(X_cal, fitting=True)
         self._calibrate(components)
-        scores = self._score_from_components(components)
+        scores = self._heldout_scores(components)
         self.calibration_scores_ = scores
         rate = AUTO_CONTAMINATION if self.contamination == "auto" else float(self.contamination)
         self.offset_ = float(np.quantile(scores, rate))
@@ -292,6 +292,11 @@ class BaseDetector(OutlierMixin, BaseEstimator):
 
     def _prepare(self, X_train: np.ndarray, X_cal: np.ndarray) -> None:
         """Hook: fit detector settings that scoring needs, before the held-out slice is scored."""
+
+    def _heldout_scores(self, components: dict[str, np.ndarray]) -> np.ndarray:
+        """Hook: scores of the held-out points that set ``offset_``. Default: scored as any
+        new point; a rule fitted on these very points overrides it (leave-one-out)."""
+        return self._score_from_components(components)
 
     def _calibrate(self, components: dict[str, np.ndarray]) -> None:
         """Hook: fit detector-level statistics on held-out in-distribution components."""

@@ -22,7 +22,7 @@ __all__ = ["main", "run_benchmark"]
 DETECTORS = {
     "likelihood": ("LikelihoodDetector", "pretrained:fmnist-flow", {}),
     "typicality": ("TypicalityDetector", "pretrained:fmnist-flow", {}),
-    "lid-flow": ("LIDLikelihoodDetector", "pretrained:fmnist-flow", {"lid_method": "exact"}),
+    "lid-flow": ("LIDLikelihoodDetector", "pretrained:fmnist-flow", {"lid_method": "fast"}),
     "hvae-llr": ("HVAELikelihoodRatioDetector", "pretrained:fmnist-hvae", {"k": "auto", "n_samples": 16}),
 }
 
@@ -67,8 +67,25 @@ def _component_metrics(det, comp_id: dict, comp_ood: dict, s_id: np.ndarray, s_o
         out["log_tau"] = float(det.log_tau_)
         out["lid_target"] = det.lid_target_
         out["lid_method"] = det.lid_method
+        out["rule"] = det.rule
+        if det.lid_method == "fast":
+            out.update(n_probes=det.n_probes, n_steps=det.n_steps, smoothing=det.smoothing)
+        out["rule_aurocs"] = _rule_aurocs(det, comp_id, comp_ood)
         out["mean_lid_id"] = float(np.mean(comp_id["lid"]))
         out["mean_lid_ood"] = float(np.mean(comp_ood["lid"]))
+    return out
+
+
+def _rule_aurocs(det, comp_id: dict, comp_ood: dict) -> dict:
+    """AUROC of every combination rule, each fitted on the detector's held-out ID components."""
+    from .metrics import auroc
+    from .thresholds import DualThresholdRule, JointDensityRule
+
+    pairs = {name: np.c_[comp["log_prob"], comp["lid"]] for name, comp in (("id", comp_id), ("ood", comp_ood))}
+    out = {}
+    for name, rule in (("min-cdf", DualThresholdRule()), ("joint", JointDensityRule())):
+        rule.fit(det.heldout_components_)
+        out[name] = auroc(rule.score(pairs["id"]), rule.score(pairs["ood"]))
     return out
 
 
@@ -184,10 +201,13 @@ def _demo(args) -> int:
             print(f"wrote {path}")
         if name == "lid-flow":
             det = raw["detector"]
-            q = det.offset_
-            psi = det.rule_.component_thresholds(q)
+            if det.rule == "min-cdf":
+                psi = det.rule_.component_thresholds(det.offset_)
+                drawn = dict(thresholds=(psi[0], psi[1]))
+            else:
+                drawn = dict(boundary=(det.rule_.score, det.offset_))
             path = plot_likelihood_vs_lid(
-                raw["id"], raw["ood"], out / "likelihood_vs_lid.png", thresholds=(psi[0], psi[1]),
+                raw["id"], raw["ood"], out / "likelihood_vs_lid.png", **drawn,
                 labels=("FashionMNIST test (ID)", "MNIST test (OOD)"),
                 title=f"log tau = {det.log_tau_:.2f}: dual rule AUROC {result['auroc']:.3f}",
             )
@@ -197,10 +217,25 @@ def _demo(args) -> int:
     return 0
 
 
+def _parse_params(items: list[str]) -> dict:
+    """``KEY=VALUE`` pairs; values parsed as JSON when they can be (numbers, true/false, null)."""
+    params = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--param expects KEY=VALUE, got {item!r}.")
+        try:
+            params[key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key] = value
+    return params
+
+
 def _benchmark(args) -> int:
     result, _ = run_benchmark(
         args.detector, args.id, args.ood, n=args.n, n_cal=args.n_cal, device=args.device,
-        random_state=args.random_state, n_boot=args.n_boot,
+        random_state=args.random_state, n_boot=args.n_boot, verbose=args.verbose,
+        params=_parse_params(args.param),
     )
     result["command"] = "dgmood benchmark " + " ".join(args.argv)
     out = Path(args.results_dir)
@@ -234,9 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="shipped weights: FashionMNIST vs MNIST table and figures")
     demo.add_argument("--n", type=int, default=2000, help="test images per set")
     demo.add_argument("--n-cal", type=int, default=2000, help="held-out training images to calibrate on")
-    demo.add_argument("--n-lid", type=int, default=50, help="test (and calibration) images per set for lid-flow")
+    demo.add_argument("--n-lid", type=int, default=150, help="test (and calibration) images per set for lid-flow")
     demo.add_argument("--n-hvae", type=int, default=300, help="test (and calibration) images per set for hvae-llr")
-    demo.add_argument("--detectors", nargs="+", default=["likelihood", "typicality", "hvae-llr"],
+    demo.add_argument("--detectors", nargs="+", default=["likelihood", "typicality", "lid-flow", "hvae-llr"],
                       choices=sorted(DETECTORS))
     demo.add_argument("--out", default="demo_output")
     demo.add_argument("--device", default="auto")
@@ -252,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--n-boot", type=int, default=1000)
     bench.add_argument("--results-dir", default="benchmarks/results")
     bench.add_argument("--json", action="store_true")
+    bench.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                       help="detector parameter, e.g. --param lid_method=exact (repeatable)")
+    bench.add_argument("--verbose", type=int, default=0, help="1: progress bars")
     train = sub.add_parser("train", help="retrain a shipped backbone")
     train.add_argument("rest", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)

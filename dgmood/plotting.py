@@ -102,6 +102,7 @@ def plot_likelihood_vs_lid(
     path: str | Path | None = None,
     *,
     thresholds: tuple[float, float] | None = None,
+    boundary: tuple | None = None,
     labels: tuple[str, str] = ("in-distribution", "out-of-distribution"),
     title: str | None = None,
     ax=None,
@@ -109,7 +110,9 @@ def plot_likelihood_vs_lid(
     """Scatter of log-likelihood (x) against LID (y): the key figure of Kamkari et al. (ICML 2024).
 
     ``thresholds = (psi_L, psi_LID)`` draws the dual rule's acceptance region
-    (upper right: in-distribution).
+    (upper right: in-distribution). ``boundary = (score, level)`` draws the
+    contour ``score(c) = level`` of any rule scoring an (n, 2) array of
+    (log p, LID) pairs (e.g. ``(detector.rule_.score, detector.offset_)``).
     """
     fig, ax = _axes(ax, figsize=(5.6, 4.4))
     for comp, label, color in ((components_id, labels[0], "C0"), (components_ood, labels[1], "C3")):
@@ -117,6 +120,15 @@ def plot_likelihood_vs_lid(
     if thresholds is not None:
         ax.axvline(thresholds[0], color="k", linestyle="--", linewidth=1)
         ax.axhline(thresholds[1], color="k", linestyle="--", linewidth=1, label="dual thresholds (held-out ID)")
+    if boundary is not None:
+        score, level = boundary
+        (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+        gx, gy = np.meshgrid(np.linspace(x0, x1, 200), np.linspace(y0, y1, 200))
+        grid = score(np.c_[gx.ravel(), gy.ravel()]).reshape(gx.shape)
+        ax.contour(gx, gy, grid, levels=[level], colors="k", linestyles="--", linewidths=1)
+        ax.plot([], [], "k--", linewidth=1, label="decision boundary (held-out ID)")
+        ax.set_xlim(x0, x1)
+        ax.set_ylim(y0, y1)
     ax.set_xlabel("log p(x) [nats]")
     ax.set_ylabel("LID")
     if title:

@@ -23,7 +23,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.exceptions import NotFittedError
 
-__all__ = ["EmpiricalCDF", "DualThresholdRule"]
+__all__ = ["EmpiricalCDF", "DualThresholdRule", "JointDensityRule"]
 
 # slack for float round-off when turning a level q into an order statistic
 _EPS = 1e-9
@@ -280,3 +280,95 @@ class DualThresholdRule:
     def _check_fitted(self) -> None:
         if not hasattr(self, "cdfs_"):
             raise NotFittedError("This DualThresholdRule is not fitted yet; call fit(components) first.")
+
+
+class JointDensityRule:
+    r"""Typicality of the component vector: a kernel density of held-out ID components.
+
+    Fitted on held-out in-distribution components :math:`c \in \mathbb{R}^m`
+    (e.g. ``(log p, LID)``), each column is standardized by its held-out
+    median and MAD-based scale (:math:`\tilde c_j = (c_j - \mathrm{med}_j) / s_j`,
+    :math:`s_j = 1.4826\,\mathrm{MAD}_j`, else the standard deviation, else 1
+    for a constant column), and the score is the log of an isotropic Gaussian
+    kernel density estimate (:class:`sklearn.neighbors.KernelDensity`,
+    Scott's bandwidth :math:`h = n^{-1/(m+4)}`) of the held-out :math:`\tilde c`:
+
+    .. math:: s(x) = \log \frac1n \sum_{i=1}^n \mathcal N\big(\tilde c(x);\,
+              \tilde c_i,\; h^2 I\big).
+
+    Unlike :class:`DualThresholdRule`, which only rejects *low* values of each
+    component, this flags any component vector unusual for ID data, e.g. a
+    likelihood *above* the ID range together with a low LID: the likelihood
+    paradox (simpler OOD data gets higher likelihood) makes the upper tail of
+    the likelihood as telling as the lower one, as typicality tests use
+    (Nalisnick et al., 2019). Far from the held-out cloud the log density falls
+    quadratically with the distance, so it does not saturate, and it stays
+    finite (computed in log space).
+
+    Attributes
+    ----------
+    center_, scale_ : ndarrays of shape (n_components,)
+    kde_ : sklearn.neighbors.KernelDensity
+        Fitted on the standardized held-out components.
+    n_components_, n_samples_ : int
+    loo_scores_ : ndarray of shape ``(n_samples_,)``
+        Leave-one-out scores of the held-out points, in fit order (each scored
+        by the density of the others, as a new ID point would be), so that
+        thresholds set on them carry over to new ID data.
+    heldout_scores_ : ndarray of shape ``(n_samples_,)``
+        The same, sorted ascending.
+    """
+
+    def fit(self, components: ArrayLike) -> "JointDensityRule":
+        """Standardize and fit the kernel density on held-out ID components (at least 2)."""
+        from sklearn.neighbors import KernelDensity
+
+        c = _as_float_array(components, "components", ndim=2)
+        n, m = c.shape
+        if m == 0 or n < 2:
+            raise ValueError(
+                f"components must hold at least 2 samples and one component to fit a kernel "
+                f"density; got shape {c.shape}."
+            )
+        if not np.isfinite(c).all():
+            raise ValueError("components used for fit must be finite; got +/-inf.")
+        center = np.median(c, axis=0)
+        scale = 1.4826 * np.median(np.abs(c - center), axis=0)
+        scale = np.where(scale > 0, scale, c.std(axis=0))
+        self.center_, self.scale_ = center, np.where(scale > 0, scale, 1.0)
+        cz = (c - center) / self.scale_
+        self.kde_ = KernelDensity(kernel="gaussian", bandwidth="scott").fit(cz)
+        self.n_components_, self.n_samples_ = m, n
+        # leave-one-out: remove each point's own kernel, N(0; 0, h^2 I), from the mixture
+        log_sum = self.kde_.score_samples(cz) + np.log(n)
+        own = -0.5 * m * np.log(2 * np.pi * self.kde_.bandwidth_**2)
+        loo = log_sum + np.log(-np.expm1(np.minimum(own - log_sum, -1e-12))) - np.log(n - 1)
+        self.loo_scores_ = np.asarray(loo, dtype=np.float64)
+        self.heldout_scores_ = np.sort(self.loo_scores_)
+        return self
+
+    def score(self, components: ArrayLike) -> np.ndarray:
+        """Log kernel density of the standardized components, higher = more in-distribution."""
+        if not hasattr(self, "kde_"):
+            raise NotFittedError("This JointDensityRule is not fitted yet; call fit(components) first.")
+        c = _as_float_array(components, "components", ndim=2)
+        if c.shape[1] != self.n_components_:
+            raise ValueError(
+                f"components must have {self.n_components_} column(s) as in fit; got shape {c.shape}."
+            )
+        if c.shape[0] == 0:
+            return np.zeros(0, dtype=np.float64)
+        cz = np.clip((c - self.center_) / self.scale_, -1e6, 1e6)  # +/-inf -> far away, finite
+        return self.kde_.score_samples(cz)
+
+    def threshold_for_fpr(self, target: float) -> float:
+        """The ``target`` quantile of the held-out (leave-one-out) scores; flag ``score < q``."""
+        if not 0.0 < target < 1.0:
+            raise ValueError(f"target must be a false-positive rate in (0, 1); got {target!r}.")
+        k = int(np.floor(target * self.n_samples_ + _EPS))
+        if k < 1:
+            raise ValueError(
+                f"target={target!r} is unreachable with {self.n_samples_} held-out samples (1/n = "
+                f"{1.0 / self.n_samples_:.3g})."
+            )
+        return float(self.heldout_scores_[k])

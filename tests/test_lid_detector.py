@@ -83,6 +83,19 @@ def test_fixed_log_tau_is_used(subspace_detectors):
     np.testing.assert_allclose(det.score_components(X[:20])["lid"], 5.0)  # every direction counts
 
 
+def test_joint_rule_sets_offset_on_leave_one_out_scores(subspace_detectors):
+    """rule="joint" on the same backbone: offset_ is the contamination quantile of leave-one-out
+    held-out scores, off-manifold points score lower, and fresh ID data is flagged near 1 %."""
+    X, exact, _ = subspace_detectors
+    det = LIDLikelihoodDetector(backbone=exact.backbone_, max_epochs=0, lid_method="exact", rule="joint",
+                                log_tau=exact.log_tau_, random_state=0).fit(X[:600])
+    assert det.offset_ == pytest.approx(np.quantile(det.rule_.loo_scores_, 0.01))
+    fresh = X[1200:1800]  # the same plane, points not used by fit
+    off = fresh + np.random.default_rng(1).normal(0, 0.5, size=fresh.shape)
+    assert det.score_samples(off).mean() < det.score_samples(fresh).mean()
+    assert np.mean(det.predict(fresh) == -1) < 0.01 + 4 * np.sqrt(0.01 / 600)
+
+
 @parametrize_with_checks(
     [LIDLikelihoodDetector(backbone_params={"hidden": 8, "n_layers": 2}, max_epochs=2, lid_target=1.5,
                            n_calibration=16, random_state=0, lid_method="fast", n_probes=2, n_steps=3)],

@@ -102,3 +102,22 @@ def test_tabular_flow_lid_is_invertible_full_rank():
     sv = singular_values(flow.decode, torch.randn(2, 3))
     assert torch.all(sv > 0)
     assert soft_lid_from_singular_values(sv, -30.0).tolist() == pytest.approx([3.0, 3.0])
+
+
+def test_smoothed_fast_lid_resolves_a_threshold_deep_in_a_wide_spectrum():
+    """300 log-uniform singular values over 8 decades, tau two decades below the top (75 above).
+
+    25 Golub-Kahan steps leave gaps of about half a decade between Ritz values
+    near tau, so the unsmoothed step undercounts (56 here, whatever the probes);
+    the log-domain smoothing of ``count_from_quadrature`` spreads each node over
+    its neighbourhood. 32 probes: Hutchinson sd sqrt(2 * 75 / 32) ~ 2.2.
+    """
+    spectrum = np.logspace(-6, 2, 300)
+    flow = KnownSpectrumFlow(spectrum)
+    z = torch.randn(2, 300, dtype=torch.float64)
+    kw = dict(n_probes=32, n_steps=25, generator=torch.Generator().manual_seed(0))
+    smoothed = fast_lid(flow.decode, z, 0.0, smoothing=0.5, **kw)
+    assert np.all(np.abs(smoothed.numpy() - 75) < 9), smoothed
+    kw["generator"] = torch.Generator().manual_seed(0)
+    step = fast_lid(flow.decode, z, 0.0, smoothing=0.0, **kw)
+    assert np.all(step.numpy() < 65), step  # the failure the smoothing fixes

@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 from sklearn.exceptions import NotFittedError
 
-from dgmood.thresholds import DualThresholdRule, EmpiricalCDF
+from dgmood.thresholds import DualThresholdRule, EmpiricalCDF, JointDensityRule
 
 
 def _gaussian_components(n, seed):
@@ -158,3 +158,60 @@ def test_rule_pickles():
     clone = pickle.loads(pickle.dumps(rule))
     np.testing.assert_array_equal(clone.score(x), rule.score(x))
     assert clone.threshold_for_fpr(0.1) == rule.threshold_for_fpr(0.1)
+
+
+# ------------------------------------------------------------ JointDensityRule
+def test_joint_density_matches_the_smoothed_gaussian():
+    """KDE of N(mu, diag(s^2)) samples ~ the Gaussian convolved with the kernel: N(0, (1 + h^2) I)
+    in standardized units, h = Scott's factor n^(-1/6); the standardization is median / MAD."""
+    rng = np.random.default_rng(0)
+    n = 20000
+    c = rng.normal([5.0, -3.0], [2.0, 0.5], size=(n, 2))
+    rule = JointDensityRule().fit(c)
+    np.testing.assert_allclose(rule.center_, [5.0, -3.0], atol=0.05)
+    np.testing.assert_allclose(rule.scale_, [2.0, 0.5], rtol=0.03)
+    var = 1.0 + n ** (-1 / 3)
+    pts = np.array([[5.0, -3.0], [7.0, -3.0], [5.0, -2.0], [3.0, -3.5]])
+    expected = stats.multivariate_normal([0, 0], var * np.eye(2)).logpdf((pts - [5.0, -3.0]) / [2.0, 0.5])
+    np.testing.assert_allclose(rule.score(pts), expected, atol=0.06)
+
+
+def test_joint_density_flags_both_tails_and_stays_finite():
+    rng = np.random.default_rng(1)
+    rule = JointDensityRule().fit(rng.normal(size=(500, 2)))
+    ray = np.c_[np.linspace(0, 50, 30), np.zeros(30)]
+    s = rule.score(ray)
+    assert np.all(np.diff(s) < 0) and np.all(np.isfinite(s))
+    assert rule.score([[4.0, 0.0]])[0] < rule.score([[0.0, 0.0]])[0] > rule.score([[-4.0, 0.0]])[0]
+    assert np.isfinite(rule.score([[np.inf, -np.inf]])).all()
+
+
+def test_joint_density_fpr_on_fresh_data_uses_leave_one_out():
+    """Thresholds on leave-one-out held-out scores carry over to fresh ID data; in-sample ones would not."""
+    rng = np.random.default_rng(2)
+    heldout = rng.standard_t(5, size=(400, 2))
+    rule = JointDensityRule().fit(heldout)
+    q = rule.threshold_for_fpr(0.05)
+    fresh = rule.score(rng.standard_t(5, size=(20000, 2)))
+    rate = float(np.mean(fresh < q))
+    sd = np.sqrt(0.05 * 0.95 / 400)  # the held-out quantile's own error dominates
+    assert abs(rate - 0.05) < 4 * sd, rate
+    assert np.all(rule.loo_scores_ < rule.score(heldout))
+
+
+def test_joint_density_errors():
+    with pytest.raises(NotFittedError):
+        JointDensityRule().score([[0.0, 0.0]])
+    with pytest.raises(ValueError, match="at least"):
+        JointDensityRule().fit(np.zeros((1, 2)))
+    with pytest.raises(ValueError, match="finite"):
+        JointDensityRule().fit(np.r_[np.zeros((9, 2)), [[np.inf, 0]]])
+    const = JointDensityRule().fit(np.c_[np.full(10, 3.0), np.arange(10.0)])  # e.g. all hard LIDs equal
+    assert const.scale_[0] == 1.0
+    assert const.score([[3.0, 5.0]])[0] > const.score([[6.0, 5.0]])[0]
+    rule = JointDensityRule().fit(np.random.default_rng(0).normal(size=(50, 2)))
+    with pytest.raises(ValueError, match="2 column"):
+        rule.score(np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="unreachable"):
+        rule.threshold_for_fpr(0.001)
+    assert pickle.loads(pickle.dumps(rule)).score([[0.0, 0.0]]) == pytest.approx(rule.score([[0.0, 0.0]]))

@@ -5,11 +5,14 @@ flow's manifold around it is not low-dimensional:
 
 .. math:: \log p(x) \ge \psi_L \quad\text{and}\quad \mathrm{LID}(x) \ge \psi_{\mathrm{LID}}.
 
-Both thresholds come from held-out in-distribution data only: each component
-is mapped through its empirical CDF :math:`F_L, F_{\mathrm{LID}}` on the held-out
-slice, and ``score_samples`` is :math:`\min(F_L(\log p(x)), F_{\mathrm{LID}}(\mathrm{LID}(x)))`
-(:class:`~dgmood.thresholds.DualThresholdRule`); thresholding it at ``offset_``
-is the dual rule with both thresholds at the same held-out quantile.
+Everything that turns the two components into one score is fitted on held-out
+in-distribution data only. The paper's rule, ``rule="min-cdf"``, maps each component through its
+empirical CDF :math:`F_L, F_{\mathrm{LID}}` on the held-out slice and scores
+:math:`\min(F_L(\log p(x)), F_{\mathrm{LID}}(\mathrm{LID}(x)))`
+(:class:`~dgmood.thresholds.DualThresholdRule`): thresholding it at ``offset_``
+is the dual rule above with both thresholds at the same held-out quantile.
+``rule="min-cdf"`` is the default; ``rule="joint"`` scores the log of a kernel
+density of the held-out (log p, LID) pairs (:class:`~dgmood.thresholds.JointDensityRule`).
 LID is :math:`\#\{\sigma_i(J) > \tau\}` of the flow decoder's Jacobian at
 :math:`z = f^{-1}(x)` (see :mod:`dgmood.lid.jacobian`), with :math:`\tau`
 calibrated so that the mean LID of held-out points matches a model-free local
@@ -36,7 +39,7 @@ from ..lid.jacobian import (
     soft_lid_from_singular_values,
 )
 from ..lid.lpca import lpca_lid
-from ..thresholds import DualThresholdRule
+from ..thresholds import DualThresholdRule, JointDensityRule
 from .likelihood import flow_builder
 
 __all__ = ["LIDLikelihoodDetector"]
@@ -74,7 +77,26 @@ class LIDLikelihoodDetector(BaseDetector):
         (``lpca_neighbors`` neighbours, Fukunaga-Olsen cut at ``lpca_alpha``).
     count : {"hard", "soft"}
         :math:`\#\{\sigma_i > \tau\}` or the tie-free :math:`\sum \sigma_i^2/(\sigma_i^2+\tau^2)`.
-    n_probes, n_steps : fast-method budget.
+    rule : {"min-cdf", "joint"}
+        How the two components become one score, both fitted on held-out ID
+        data only. "min-cdf" (default):
+        :math:`\min(F_L(\log p), F_{\mathrm{LID}}(\mathrm{LID}))`, the paper's dual
+        threshold rule (:class:`~dgmood.thresholds.DualThresholdRule`), which
+        rejects low values of either. "joint": log of a kernel density of the
+        standardized (log p, LID) pairs (:class:`~dgmood.thresholds.JointDensityRule`),
+        which flags a pair unusual in any direction. On FashionMNIST the two
+        components are strongly anti-correlated (Spearman -0.78 on 300 held-out
+        images), so MNIST's high-likelihood, low-LID pairs lie along the ID
+        cloud's own tail: there "joint" scored AUROC 0.77 against 0.91 for
+        "min-cdf" (300 + 300 test images, fast LID, log tau -2.65).
+    n_probes, n_steps : int
+        Fast-method budget (defaults 1 and 25: 50 products per point). The
+        defaults and ``smoothing`` were chosen on FashionMNIST test images
+        only (rank correlation and count error against the exact LID of 30
+        in-distribution images), never on OOD data.
+    smoothing : float
+        Width :math:`h` of the Gaussian in :math:`\log\sigma` that smooths the
+        fast hard count (0: the bare step); ignored by "exact" and ``count="soft"``.
     n_calibration : int
         Held-out points used to calibrate :math:`\tau`.
     Other parameters as :class:`~dgmood.LikelihoodDetector`.
@@ -85,8 +107,10 @@ class LIDLikelihoodDetector(BaseDetector):
         The threshold used (calibrated or given).
     lid_target_ : float or None
         The mean LID the calibration aimed at.
-    rule_ : DualThresholdRule
-        Empirical CDFs of (log p, LID) on the held-out slice.
+    rule_ : DualThresholdRule or JointDensityRule
+        Fitted on the held-out (log p, LID) pairs.
+    heldout_components_ : ndarray of shape (n_heldout, 2)
+        Those pairs.
     """
 
     _pretrained_kind = "flow"
@@ -98,8 +122,10 @@ class LIDLikelihoodDetector(BaseDetector):
         "log_tau": [StrOptions({"auto"}), Real],
         "lid_target": [Interval(Real, 0, None, closed="neither"), None],
         "count": [StrOptions({"hard", "soft"})],
+        "rule": [StrOptions({"joint", "min-cdf"})],
         "n_probes": [Interval(Integral, 1, None, closed="left")],
         "n_steps": [Interval(Integral, 1, None, closed="left")],
+        "smoothing": [Interval(Real, 0, None, closed="left")],
         "n_calibration": [Interval(Integral, 1, None, closed="left")],
         "lpca_neighbors": [Interval(Integral, 2, None, closed="left")],
         "lpca_alpha": [Interval(Real, 0, 1, closed="neither")],
@@ -113,8 +139,10 @@ class LIDLikelihoodDetector(BaseDetector):
         log_tau="auto",
         lid_target=None,
         count="hard",
-        n_probes=2,
-        n_steps=20,
+        rule="min-cdf",
+        n_probes=1,
+        n_steps=25,
+        smoothing=0.5,
         n_calibration=128,
         lpca_neighbors=1000,
         lpca_alpha=0.001,
@@ -136,8 +164,10 @@ class LIDLikelihoodDetector(BaseDetector):
         self.log_tau = log_tau
         self.lid_target = lid_target
         self.count = count
+        self.rule = rule
         self.n_probes = n_probes
         self.n_steps = n_steps
+        self.smoothing = smoothing
         self.n_calibration = n_calibration
         self.lpca_neighbors = lpca_neighbors
         self.lpca_alpha = lpca_alpha
@@ -176,7 +206,8 @@ class LIDLikelihoodDetector(BaseDetector):
             sv = torch.as_tensor(raw["sv"])
             return soft_lid_from_singular_values(sv, log_tau) if soft else lid_from_singular_values(sv, log_tau)
         theta, weight = torch.as_tensor(raw["theta"]), torch.as_tensor(raw["weight"])
-        return count_from_quadrature(theta, weight, int(np.prod(self.input_shape_)), log_tau, soft)
+        D = int(np.prod(self.input_shape_))
+        return count_from_quadrature(theta, weight, D, log_tau, soft, float(self.smoothing))
 
     def _finish_components(self, raw, fitting):
         if fitting and self.log_tau == "auto":
@@ -206,7 +237,14 @@ class LIDLikelihoodDetector(BaseDetector):
         )
 
     def _calibrate(self, components):
-        self.rule_ = DualThresholdRule().fit(np.c_[components["log_prob"], components["lid"]])
+        self.heldout_components_ = np.c_[components["log_prob"], components["lid"]]
+        rule = JointDensityRule() if self.rule == "joint" else DualThresholdRule()
+        self.rule_ = rule.fit(self.heldout_components_)
+
+    def _heldout_scores(self, components):
+        if self.rule == "joint":  # the density was fitted on these points: score each without itself
+            return self.rule_.loo_scores_.copy()
+        return self._score_from_components(components)
 
     def _score_from_components(self, components):
         return self.rule_.score(np.c_[components["log_prob"], components["lid"]])

@@ -11,7 +11,7 @@ whose inverse logit is inside ``decode``). Kamkari et al. (ICML 2024,
 
 Also offered: the tie-free soft count
 :math:`\sum_i \sigma_i^2 / (\sigma_i^2 + \tau^2)`, a stochastic Lanczos
-quadrature estimate of either count from Jacobian-vector products only
+quadrature estimate of either count from Jacobian-vector and vector-Jacobian products only
 (:func:`fast_lid`), and the linearized LIDL estimator (:func:`lidl_from_jacobian`).
 
 Every function takes ``decode`` (a batch function ``(n, D) -> (n, ...)`` that
@@ -25,7 +25,7 @@ import math
 from collections.abc import Callable
 
 import torch
-from torch.func import jvp, vjp, vmap
+from torch.func import vjp
 
 __all__ = [
     "decoder_jacobian",
@@ -51,19 +51,26 @@ def _flat(decode: Decoder) -> Decoder:
 def decoder_jacobian(decode: Decoder, z: torch.Tensor, chunk_size: int | None = 64) -> torch.Tensor:
     r"""Exact Jacobians :math:`J_i = \partial f(z_i) / \partial z_i`, shape (n, D_out, D).
 
-    Forward mode (``torch.func.jvp`` vmapped over the D basis vectors, as
-    ``jacfwd`` does, ``chunk_size`` of them at a time to bound memory), one
-    point at a time.
+    Reverse mode, one point at a time: the point is repeated ``chunk_size``
+    times (a batch of identical inputs, since ``decode`` treats samples
+    independently) and one vector-Jacobian product with ``chunk_size`` rows of
+    the identity gives that many rows :math:`e_j^\top J` at once. On the shipped
+    FashionMNIST flow this is about 1.5x faster than forward mode
+    (``torch.func.jacfwd``), whose JVPs cost more than the VJPs here.
     """
     flat = _flat(decode)
-    D = z.shape[1]
-    eye = torch.eye(D, dtype=z.dtype, device=z.device)
-
-    def columns(zi: torch.Tensor) -> torch.Tensor:  # (D, D_out): row j = J e_j
-        tangent = lambda v: jvp(lambda a: flat(a[None])[0], (zi,), (v,))[1]  # noqa: E731
-        return vmap(tangent, chunk_size=chunk_size)(eye)
-
-    return torch.stack([columns(zi).T for zi in z])
+    D_out = flat(z[:1]).shape[1]
+    chunk = D_out if chunk_size is None else int(chunk_size)
+    eye = torch.eye(D_out, dtype=z.dtype, device=z.device)
+    out = []
+    for zi in z:
+        rows = []
+        for start in range(0, D_out, chunk):
+            e = eye[start : start + chunk]
+            _, pullback = vjp(flat, zi[None].expand(len(e), -1))
+            rows.append(pullback(e)[0])
+        out.append(torch.cat(rows))
+    return torch.stack(out)
 
 
 def singular_values(decode: Decoder, z: torch.Tensor, chunk_size: int | None = 64) -> torch.Tensor:
@@ -107,12 +114,15 @@ def golub_kahan(
     recurrence touches :math:`J` and :math:`J^\top` separately, so float32
     products resolve singular values down to about :math:`10^{-6}\sigma_{\max}`
     instead of :math:`10^{-3}\sigma_{\max}` for Lanczos on :math:`J^\top J`.
-    Both bases are fully reorthogonalized in float64. One JVP and one VJP per
-    step. Returns (alphas (b, m), betas (b, m)).
+    Both bases are fully reorthogonalized in float64. Two products per step:
+    :math:`J^\top u` is a VJP; :math:`J v` is the VJP of that (linear) pullback,
+    which on the shipped flow costs less than a forward-mode JVP.
+    Returns (alphas (b, m), betas (b, m)).
     """
     flat = _flat(decode)
-    _, pullback = vjp(flat, z)
-    Jv = lambda v: jvp(flat, (z,), (v.to(z.dtype),))[1].double()  # noqa: E731
+    out, pullback = vjp(flat, z)
+    _, pullback_of_pullback = vjp(lambda u: pullback(u)[0], torch.zeros_like(out))
+    Jv = lambda v: pullback_of_pullback(v.to(z.dtype))[0].double()  # noqa: E731
     JTu = lambda u: pullback(u.to(z.dtype))[0].double()  # noqa: E731
     b, D = v0.shape
     m = min(n_steps, D)
@@ -143,8 +153,8 @@ def golub_kahan(
 def slq_quadrature(
     decode: Decoder,
     z: torch.Tensor,
-    n_probes: int = 2,
-    n_steps: int = 20,
+    n_probes: int = 1,
+    n_steps: int = 25,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Stochastic Lanczos quadrature of :math:`A = J^\top J` per point.
@@ -174,19 +184,40 @@ def slq_quadrature(
 
 
 def count_from_quadrature(
-    theta: torch.Tensor, weights: torch.Tensor, n_dims: int, log_tau: float, soft: bool = False
+    theta: torch.Tensor,
+    weights: torch.Tensor,
+    n_dims: int,
+    log_tau: float,
+    soft: bool = False,
+    smoothing: float = 0.0,
 ) -> torch.Tensor:
     r"""SLQ estimate of the (hard or soft) count, (n,) float64:
 
     .. math:: \mathrm{tr}\, g(A) \approx \frac{D}{P} \sum_{p=1}^{P} \sum_{j=1}^{m}
-              (u^{(p)}_{1j})^2\, g(\theta^{(p)}_j),
+              (u^{(p)}_{1j})^2\, g(\theta^{(p)}_j)
 
-    :math:`g(\lambda) = \mathbb 1[\lambda > \tau^2]` or
-    :math:`\lambda / (\lambda + \tau^2)` (Ubaru, Chen & Saad, 2017).
+    (Ubaru, Chen & Saad, 2017), with :math:`g(\lambda) = \lambda / (\lambda + \tau^2)`
+    for the soft count and, for the hard count,
+
+    .. math:: g(\lambda) = \Phi\Big(\frac{\tfrac12 \log\lambda - \log\tau}{h}\Big),
+
+    the step :math:`\mathbb 1[\sqrt\lambda > \tau]` smoothed by a Gaussian of
+    width :math:`h` = ``smoothing`` in :math:`\log\sigma` (the exact step when
+    :math:`h = 0`). m Ritz values spread over a spectrum spanning many decades
+    leave gaps of about a unit of :math:`\log\sigma` near :math:`\tau`; each node
+    stands for the eigenvalues around it, so spreading its weight over
+    neighbouring log-singular values counts the part of it above :math:`\tau`
+    instead of all or nothing.
     """
     tau2 = math.exp(2 * log_tau)
     th = theta.double().clamp_min(0)
-    g = th / (th + tau2) if soft else (th > tau2).double()
+    if soft:
+        g = th / (th + tau2)
+    elif smoothing > 0:
+        log_sigma = 0.5 * torch.log(th.clamp_min(1e-300))
+        g = torch.special.ndtr((log_sigma - log_tau) / smoothing)
+    else:
+        g = (th > tau2).double()
     return n_dims * (weights.double() * g).sum(-1).mean(-1)
 
 
@@ -194,20 +225,24 @@ def fast_lid(
     decode: Decoder,
     z: torch.Tensor,
     log_tau: float,
-    n_probes: int = 2,
-    n_steps: int = 20,
+    n_probes: int = 1,
+    n_steps: int = 25,
     soft: bool = False,
     generator: torch.Generator | None = None,
+    smoothing: float = 0.5,
 ) -> torch.Tensor:
     r"""LID by stochastic Lanczos quadrature (SLQ) on :math:`A = J^\top J`.
 
-    :func:`slq_quadrature` then :func:`count_from_quadrature`. The estimate
-    is unbiased in the probes up to the quadrature error; its spread across
-    probes is the Hutchinson variance
-    :math:`2 (\|g(A)\|_F^2 - \sum_i g(A)_{ii}^2) / P`.
+    :func:`slq_quadrature` then :func:`count_from_quadrature` (``smoothing``
+    for the hard count): ``2 n_probes n_steps`` products per point, whatever D.
+    The estimate is unbiased in the probes up to the quadrature error; its
+    spread across probes is the Hutchinson variance
+    :math:`2 (\|g(A)\|_F^2 - \sum_i g(A)_{ii}^2) / P`. The probes are the same
+    for every point (common random numbers), so the probe error is largely
+    shared and points keep their order better than the count error suggests.
     """
     theta, w = slq_quadrature(decode, z, n_probes, n_steps, generator)
-    return count_from_quadrature(theta, w, z.shape[1], log_tau, soft)
+    return count_from_quadrature(theta, w, z.shape[1], log_tau, soft, 0.0 if soft else smoothing)
 
 
 def calibrate_log_tau(
