@@ -40,10 +40,21 @@ def _flow_schedules(lr):
     return {"lr": lambda p: lr * min(1.0, p / 0.02) * 0.5 * (1.0 + math.cos(math.pi * p))}
 
 
-def _hvae_schedules():
+def _rescaled(fn, factor: float):
+    return lambda p: fn(min(1.0, p * factor))
+
+
+def _hvae_schedules(max_epochs: int, schedule_epochs: int | None):
+    """KL warm-up and free bits of ``hvae_schedules`` over the whole run, or, with
+    ``schedule_epochs=N``, over a nominal N-epoch run of which this one is the start
+    (hvae-oodd: N = 1000, beta reaching 1 at epoch 200, free bits gone by 400)."""
     from dgmood.detectors.hvae_llr import hvae_schedules
 
-    return hvae_schedules(2.0)
+    schedules = hvae_schedules(2.0)
+    if schedule_epochs:
+        factor = max_epochs / schedule_epochs
+        schedules = {k: _rescaled(fn, factor) for k, fn in schedules.items()}
+    return schedules
 
 
 @torch.no_grad()
@@ -104,6 +115,8 @@ def main(argv=None):
     p.add_argument("--checkpoint-dir", default=None)
     p.add_argument("--verbose", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--schedule-epochs", type=int, default=None,
+                   help="HVAE: KL warm-up / free bits of a nominal run of this many epochs (default: this run)")
     args = p.parse_args(argv)
 
     spec = REGISTRY[args.name]
@@ -138,7 +151,8 @@ def main(argv=None):
         patience=None,
         checkpoint_dir=args.checkpoint_dir,
         time_budget=args.time_budget,
-        schedules=_hvae_schedules() if spec.kind == "hvae" else _flow_schedules(train["lr"]),
+        schedules=(_hvae_schedules(train["max_epochs"], args.schedule_epochs) if spec.kind == "hvae"
+                   else _flow_schedules(train["lr"])),
         verbose=args.verbose,
         random_state=args.seed,
     )
