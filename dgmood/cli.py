@@ -173,7 +173,7 @@ def _table(rows: list[dict]) -> str:
 
 
 def _demo(args) -> int:
-    from .plotting import plot_likelihood_vs_lid, plot_score_histograms
+    from .plotting import plot_likelihood_vs_lid, plot_llr_per_k, plot_score_histograms
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -194,10 +194,8 @@ def _demo(args) -> int:
             )
             print(f"wrote {path}")
         if name == "hvae-llr":
-            k_best = 1
-            path = plot_score_histograms(-raw["id"][f"llr_{k_best}"], -raw["ood"][f"llr_{k_best}"], out / "hvae_llr.png",
-                        labels=("FashionMNIST test (ID)", "MNIST test (OOD)"), xlabel=f"-LLR^>{k_best} [nats]",
-                        title=f"HVAE likelihood ratio, k={k_best}, S={raw['detector'].n_samples}")
+            path = plot_llr_per_k(raw["id"], raw["ood"], out / "hvae_llr_per_k.png",
+                                  labels=("FashionMNIST test (ID)", "MNIST test (OOD)"))
             print(f"wrote {path}")
         if name == "lid-flow":
             det = raw["detector"]

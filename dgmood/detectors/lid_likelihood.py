@@ -61,12 +61,12 @@ class LIDLikelihoodDetector(BaseDetector):
     backbone : "flow", "pretrained:fmnist-flow" or a flow ``nn.Module``
         (``encode_with_logdet`` and ``decode`` as :class:`~dgmood.backbones.flows.ImageFlow`).
     lid_method : {"exact", "fast"}
-        "exact" (default): full Jacobian (D Jacobian-vector products per point) and its
-        singular values; "fast": stochastic Lanczos quadrature with
-        ``n_probes`` probes x ``n_steps`` steps (``2 n_probes n_steps``
-        products per point, independent of D). Experimental: on the shipped
-        FashionMNIST flow, 20 steps cannot resolve a threshold near
-        :math:`10^{-5}\lambda_{\max}`; see ``benchmarks/lid_speed.py``.
+        "exact" (default): the full Jacobian (D vector-Jacobian products per point)
+        and its singular values; "fast": stochastic Lanczos quadrature with
+        ``n_probes`` probes x ``n_steps`` Golub-Kahan steps (``2 n_probes n_steps``
+        products per point, independent of D), the hard count smoothed in
+        :math:`\log\sigma` by ``smoothing`` (:func:`~dgmood.lid.jacobian.count_from_quadrature`).
+        ``benchmarks/lid_speed.py`` measures its time and rank agreement against "exact".
     log_tau : "auto" or float
         Natural log of the singular-value threshold :math:`\tau`, in the space
         the decoder outputs ([0, 1] pixels for images). "auto": bisection so
