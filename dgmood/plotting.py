@@ -133,7 +133,7 @@ def plot_likelihood_vs_lid(
     ax.set_ylabel("LID")
     if title:
         ax.set_title(title)
-    ax.legend(frameon=False, loc="lower left", markerscale=3)
+    ax.legend(frameon=False, loc="best", markerscale=3)
     return _finish(fig, path)
 
 
