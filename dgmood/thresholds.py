@@ -23,10 +23,55 @@ import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.exceptions import NotFittedError
 
-__all__ = ["EmpiricalCDF", "DualThresholdRule", "JointDensityRule"]
+__all__ = ["EmpiricalCDF", "DualThresholdRule", "JointDensityRule", "robust_location_scale"]
 
 # slack for float round-off when turning a level q into an order statistic
 _EPS = 1e-9
+#: Consistency factor turning a median absolute deviation into a normal standard deviation.
+_MAD_TO_STD = 1.4826
+#: Smallest robust scale, relative to ``1 + |median|``: no division by 0.
+_SCALE_FLOOR = 1e-6
+
+
+def _threshold_for_fpr(sorted_scores: np.ndarray, target: float) -> float:
+    """``sorted_scores[floor(target * n)]``: the largest level rejecting at most that many held-out points."""
+    if not (isinstance(target, (int, float, np.integer, np.floating)) and 0.0 < target < 1.0):
+        raise ValueError(f"target must be a false-positive rate in (0, 1); got {target!r}.")
+    n = len(sorted_scores)
+    k = int(np.floor(target * n + _EPS))
+    if k < 1:
+        raise ValueError(
+            f"target={target!r} is unreachable with {n} held-out samples: the smallest "
+            f"false-positive rate they can resolve is 1/n = {1.0 / n:.3g}. Use a larger "
+            f"target or at least {int(np.ceil(1.0 / target))} held-out samples."
+        )
+    return float(sorted_scores[k])
+
+
+def robust_location_scale(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    r"""Per-column median and MAD-based scale of held-out values.
+
+    .. math:: c = \operatorname{median}(v),\qquad
+              \sigma = \max\bigl(1.4826\,\operatorname{median}|v - c|,\;
+              10^{-6}\,(1 + |c|)\bigr),
+
+    falling back to the standard deviation when the MAD is zero (over half the
+    values tied), the floor keeping :math:`\sigma > 0` so that no z-score is NaN.
+
+    Parameters
+    ----------
+    values : ndarray of shape (n, m)
+
+    Returns
+    -------
+    center, scale : ndarrays of shape (m,)
+    """
+    values = np.asarray(values, dtype=np.float64)
+    center = np.median(values, axis=0)
+    scale = _MAD_TO_STD * np.median(np.abs(values - center), axis=0)
+    std = values.std(axis=0) if len(values) > 1 else np.zeros_like(center)
+    scale = np.where(scale > 0, scale, std)
+    return center, np.maximum(scale, _SCALE_FLOOR * (1.0 + np.abs(center)))
 
 
 def _as_float_array(values: ArrayLike, name: str, ndim: int) -> np.ndarray:
@@ -247,17 +292,7 @@ class DualThresholdRule:
             ``n`` held-out samples cannot certify.
         """
         self._check_fitted()
-        if not (isinstance(target, (int, float, np.integer, np.floating)) and 0.0 < target < 1.0):
-            raise ValueError(f"target must be a false-positive rate in (0, 1); got {target!r}.")
-        n = self.n_samples_
-        k = int(np.floor(target * n + _EPS))
-        if k < 1:
-            raise ValueError(
-                f"target={target!r} is unreachable with {n} held-out samples: the smallest "
-                f"false-positive rate they can resolve is 1/n = {1.0 / n:.3g}. Use a larger "
-                f"target or at least {int(np.ceil(1.0 / target))} held-out samples."
-            )
-        return float(self.heldout_scores_[k])
+        return _threshold_for_fpr(self.heldout_scores_, target)
 
     def component_thresholds(self, q: float) -> np.ndarray:
         """Per-component thresholds :math:`\\psi_j` of the dual rule behind ``score >= q``.
@@ -332,10 +367,8 @@ class JointDensityRule:
             )
         if not np.isfinite(c).all():
             raise ValueError("components used for fit must be finite; got +/-inf.")
-        center = np.median(c, axis=0)
-        scale = 1.4826 * np.median(np.abs(c - center), axis=0)
-        scale = np.where(scale > 0, scale, c.std(axis=0))
-        self.center_, self.scale_ = center, np.where(scale > 0, scale, 1.0)
+        center, scale = robust_location_scale(c)
+        self.center_, self.scale_ = center, np.where(c.std(axis=0) > 0, scale, 1.0)  # constant: unit scale
         cz = (c - center) / self.scale_
         self.kde_ = KernelDensity(kernel="gaussian", bandwidth="scott").fit(cz)
         self.n_components_, self.n_samples_ = m, n
@@ -362,13 +395,8 @@ class JointDensityRule:
         return self.kde_.score_samples(cz)
 
     def threshold_for_fpr(self, target: float) -> float:
-        """The ``target`` quantile of the held-out (leave-one-out) scores; flag ``score < q``."""
-        if not 0.0 < target < 1.0:
-            raise ValueError(f"target must be a false-positive rate in (0, 1); got {target!r}.")
-        k = int(np.floor(target * self.n_samples_ + _EPS))
-        if k < 1:
-            raise ValueError(
-                f"target={target!r} is unreachable with {self.n_samples_} held-out samples (1/n = "
-                f"{1.0 / self.n_samples_:.3g})."
-            )
-        return float(self.heldout_scores_[k])
+        """Level :math:`q = s_{(k+1)}`, :math:`k = \\lfloor \\mathrm{target} \\cdot n \\rfloor`, of the
+        held-out (leave-one-out) scores, as :meth:`DualThresholdRule.threshold_for_fpr`; flag ``score < q``."""
+        if not hasattr(self, "kde_"):
+            raise NotFittedError("This JointDensityRule is not fitted yet; call fit(components) first.")
+        return _threshold_for_fpr(self.heldout_scores_, target)

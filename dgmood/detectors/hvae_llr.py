@@ -26,13 +26,10 @@ from scipy.stats import norm
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from ..base import BaseDetector
+from ..thresholds import robust_location_scale
 
 __all__ = ["HVAELikelihoodRatioDetector", "fisher_llr_score", "robust_location_scale"]
 
-#: Consistency factor turning a median absolute deviation into a normal standard deviation.
-_MAD_TO_STD = 1.4826
-#: Smallest scale (nats) of a standardized LLR, relative to ``1 + |median|``: no division by 0.
-_SCALE_FLOOR = 1e-6
 #: Robust z-scores are clipped here so that ``logsf(z)`` stays finite (it is ~ -z^2/2).
 _Z_CLIP = 1e100
 
@@ -60,32 +57,6 @@ def hvae_schedules(free_bits: float = 2.0) -> dict:
 
 
 # ----------------------------------------------------------- k = "auto" rule
-def robust_location_scale(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    r"""Per-column median and MAD-based scale of held-out values.
-
-    .. math:: c = \operatorname{median}(v),\qquad
-              \sigma = \max\bigl(1.4826\,\operatorname{median}|v - c|,\;
-              10^{-6}\,(1 + |c|)\bigr),
-
-    falling back to the standard deviation when the MAD is zero (over half the
-    values tied), the floor keeping :math:`\sigma > 0` so that no z-score is NaN.
-
-    Parameters
-    ----------
-    values : ndarray of shape (n, m)
-
-    Returns
-    -------
-    center, scale : ndarrays of shape (m,)
-    """
-    values = np.asarray(values, dtype=np.float64)
-    center = np.median(values, axis=0)
-    scale = _MAD_TO_STD * np.median(np.abs(values - center), axis=0)
-    std = values.std(axis=0) if len(values) > 1 else np.zeros_like(center)
-    scale = np.where(scale > 0, scale, std)
-    return center, np.maximum(scale, _SCALE_FLOOR * (1.0 + np.abs(center)))
-
-
 def fisher_llr_score(llr: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
     r"""Fisher combination of per-k upper-tail p-values of :math:`LLR^{>k}` (higher = more ID).
 
