@@ -44,13 +44,13 @@ def _rescaled(fn, factor: float):
     return lambda p: fn(min(1.0, p * factor))
 
 
-def _hvae_schedules(max_epochs: int, schedule_epochs: int | None):
+def _hvae_schedules(max_epochs: int, schedule_epochs: int | None, hold: bool = False):
     """KL warm-up and free bits of ``hvae_schedules`` over the whole run, or, with
     ``schedule_epochs=N``, over a nominal N-epoch run of which this one is the start
     (hvae-oodd: N = 1000, beta reaching 1 at epoch 200, free bits gone by 400)."""
     from dgmood.detectors.hvae_llr import hvae_schedules
 
-    schedules = hvae_schedules(2.0)
+    schedules = hvae_schedules(2.0, hold=hold)
     if schedule_epochs:
         factor = max_epochs / schedule_epochs
         schedules = {k: _rescaled(fn, factor) for k, fn in schedules.items()}
@@ -117,6 +117,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--schedule-epochs", type=int, default=None,
                    help="HVAE: KL warm-up / free bits of a nominal run of this many epochs (default: this run)")
+    p.add_argument("--free-bits-hold", action="store_true",
+                   help="HVAE: free bits constant for the whole run (no decay)")
     args = p.parse_args(argv)
 
     spec = REGISTRY[args.name]
@@ -151,7 +153,8 @@ def main(argv=None):
         patience=None,
         checkpoint_dir=args.checkpoint_dir,
         time_budget=args.time_budget,
-        schedules=(_hvae_schedules(train["max_epochs"], args.schedule_epochs) if spec.kind == "hvae"
+        schedules=(_hvae_schedules(train["max_epochs"], args.schedule_epochs, args.free_bits_hold)
+                   if spec.kind == "hvae"
                    else _flow_schedules(train["lr"])),
         verbose=args.verbose,
         random_state=args.seed,

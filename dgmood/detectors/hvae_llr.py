@@ -45,15 +45,23 @@ def _free_bits_decay(p: float, nats: float) -> float:
     return nats * (1.0 if p < 0.2 else max(0.0, 1.0 - (p - 0.2) / 0.2))
 
 
-def hvae_schedules(free_bits: float = 2.0) -> dict:
+def _free_bits_const(p: float, nats: float) -> float:
+    """Free bits held at ``nats`` for the whole run (``hvae_schedules(hold=True)``)."""
+    return nats
+
+
+def hvae_schedules(free_bits: float = 2.0, hold: bool = False) -> dict:
     """The reference KL warm-up and free-bits schedule in fractions of training.
 
     As ``scripts/train_pretrained.py`` (hvae-oodd's 1000-epoch schedule scaled to
     any length): beta 0 -> 1 over the first 20 %; free bits constant for 20 %,
-    then linearly to 0 by 40 %. Module-level functions (``functools.partial``),
+    then linearly to 0 by 40 %; with ``hold=True`` the free bits never decay (for
+    short runs, where the decay lets the lowest latent collapse before the
+    decoder can use it). Module-level functions (``functools.partial``),
     so a ``joblib.Memory`` cache can hash them.
     """
-    return {"beta": _beta_warmup, "free_bits": functools.partial(_free_bits_decay, nats=float(free_bits))}
+    fb = _free_bits_const if hold else _free_bits_decay
+    return {"beta": _beta_warmup, "free_bits": functools.partial(fb, nats=float(free_bits))}
 
 
 # ----------------------------------------------------------- k = "auto" rule
