@@ -2,7 +2,8 @@
 
 Usage::
 
-    python benchmarks/lid_speed.py --json [--n 200] [--log-tau -3] [--n-probes 1] [--n-steps 25] [--smoothing 0.5]
+    python benchmarks/lid_speed.py --json [--n 200] [--log-tau -3] [--n-probes 1]
+        [--n-steps 25 [35 ...]] [--smoothing 0.5 [1.0 ...]]
 
 Scores ``n`` FashionMNIST test + ``n`` MNIST test images with both methods on
 the same flow, the same latents and the same threads (alternating batch by
@@ -11,7 +12,11 @@ object: ``exact_s``, ``fast_s``, ``ratio`` (fast / exact), ``spearman`` (fast vs
 exact LID over all images), ``auroc_exact``, ``auroc_fast`` (LID alone, MNIST
 as the positive class), ``products_per_point`` of the fast method; also the
 rank correlation on the in-distribution images alone and the mean absolute
-count error. ``log_tau`` defaults to the value ``dgmood benchmark --detector
+count error. Several ``--n-steps`` run the fast method once per value (each
+timed on its own, interleaved with the exact batches); several ``--smoothing``
+values reuse the same quadrature (no new products). Every setting gets a row in
+``settings``; the top-level fields are those of the first setting.
+``log_tau`` defaults to the value ``dgmood benchmark --detector
 lid-flow`` calibrated (its largest-n JSON in ``benchmarks/results/``). The JSON is
 also written to ``benchmarks/results/lid_speed.json``.
 """
@@ -47,8 +52,9 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=200, help="images per set")
     p.add_argument("--log-tau", type=float, default=None, help="default: the calibrated value in lid-flow JSON, else -3")
     p.add_argument("--n-probes", type=int, default=1)
-    p.add_argument("--n-steps", type=int, default=25)
-    p.add_argument("--smoothing", type=float, default=0.5, help="log-sigma smoothing of the fast hard count")
+    p.add_argument("--n-steps", type=int, nargs="+", default=[25])
+    p.add_argument("--smoothing", type=float, nargs="+", default=[0.5],
+                   help="log-sigma smoothing of the fast hard count")
     p.add_argument("--batch-size", type=int, default=25)
     p.add_argument("--chunk-size", type=int, default=64, help="VJPs at a time in the exact Jacobian")
     p.add_argument("--out", default="benchmarks/results/lid_speed.json")
@@ -69,49 +75,69 @@ def main(argv=None) -> int:
     D = z.shape[1]
 
     torch.set_grad_enabled(False)  # torch.func transforms still differentiate inside
-    exact_s = fast_s = 0.0
-    sv, parts = [], []
+    exact_s, fast_s = 0.0, dict.fromkeys(args.n_steps, 0.0)
+    sv, parts = [], {m: [] for m in args.n_steps}
     for i in range(0, len(z), args.batch_size):
         zb = z[i : i + args.batch_size]
         t0 = time.perf_counter()
         sv.append(torch.cat([singular_values(flow.decode, zi[None], args.chunk_size) for zi in zb]))
-        t1 = time.perf_counter()
-        g = torch.Generator().manual_seed(1)  # the same probe for every batch (common random numbers)
-        parts.append(slq_quadrature(flow.decode, zb, args.n_probes, args.n_steps, g))
-        t2 = time.perf_counter()
-        exact_s, fast_s = exact_s + t1 - t0, fast_s + t2 - t1
+        exact_s += time.perf_counter() - t0
+        for m in args.n_steps:
+            t1 = time.perf_counter()
+            g = torch.Generator().manual_seed(1)  # the same probe for every batch (common random numbers)
+            parts[m].append(slq_quadrature(flow.decode, zb, args.n_probes, m, g))
+            fast_s[m] += time.perf_counter() - t1
     lid_exact = lid_from_singular_values(torch.cat(sv), log_tau).numpy()
-    theta, w = (torch.cat(t) for t in zip(*parts))
-    lid_fast = count_from_quadrature(theta, w, D, log_tau, smoothing=args.smoothing).numpy()
 
     n = args.n
+    settings = []
+    for m in args.n_steps:
+        theta, w = (torch.cat(t) for t in zip(*parts[m]))
+        for h in args.smoothing:
+            lid_fast = count_from_quadrature(theta, w, D, log_tau, smoothing=h).numpy()
+            settings.append({
+                "n_steps": m,
+                "smoothing": h,
+                "products_per_point": 2 * args.n_probes * m,
+                "fast_s": round(fast_s[m], 2),
+                "ratio": round(fast_s[m] / exact_s, 4),
+                "fast_s_per_image": round(fast_s[m] / (2 * n), 4),
+                "spearman": float(spearmanr(lid_fast, lid_exact).statistic),
+                "spearman_id_only": float(spearmanr(lid_fast[:n], lid_exact[:n]).statistic),
+                "auroc_fast": auroc(lid_fast[:n], lid_fast[n:]),
+                "auroc_gap": auroc(lid_exact[:n], lid_exact[n:]) - auroc(lid_fast[:n], lid_fast[n:]),
+                "mean_abs_count_error": float(np.abs(lid_fast - lid_exact).mean()),
+                "mean_abs_count_error_id_only": float(np.abs(lid_fast[:n] - lid_exact[:n]).mean()),
+            })
+    first = settings[0]
     result = {
         "n_id": n,
         "n_ood": n,
         "log_tau": log_tau,
         "exact_s": round(exact_s, 2),
-        "fast_s": round(fast_s, 2),
-        "ratio": round(fast_s / exact_s, 4),
+        "fast_s": first["fast_s"],
+        "ratio": first["ratio"],
         "exact_s_per_image": round(exact_s / (2 * n), 4),
-        "fast_s_per_image": round(fast_s / (2 * n), 4),
-        "spearman": float(spearmanr(lid_fast, lid_exact).statistic),
-        "spearman_id_only": float(spearmanr(lid_fast[:n], lid_exact[:n]).statistic),
+        "fast_s_per_image": first["fast_s_per_image"],
+        "spearman": first["spearman"],
+        "spearman_id_only": first["spearman_id_only"],
         "auroc_exact": auroc(lid_exact[:n], lid_exact[n:]),
-        "auroc_fast": auroc(lid_fast[:n], lid_fast[n:]),
+        "auroc_fast": first["auroc_fast"],
         "mean_lid_exact_id": float(lid_exact[:n].mean()),
         "mean_lid_exact_ood": float(lid_exact[n:].mean()),
-        "mean_abs_count_error": float(np.abs(lid_fast - lid_exact).mean()),
-        "products_per_point": 2 * args.n_probes * args.n_steps,
+        "mean_abs_count_error": first["mean_abs_count_error"],
+        "products_per_point": first["products_per_point"],
         "n_probes": args.n_probes,
-        "n_steps": args.n_steps,
-        "smoothing": args.smoothing,
+        "n_steps": first["n_steps"],
+        "smoothing": first["smoothing"],
+        "settings": settings,
         "exact_products_per_point": D,
         "backbone_sha256": spec.metadata().get("sha256"),
         "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
         "command": "python benchmarks/lid_speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
     }
-    assert all(math.isfinite(v) for v in result.values() if isinstance(v, float))
+    assert all(math.isfinite(v) for row in [result, *settings] for v in row.values() if isinstance(v, float))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result) if args.json else json.dumps(result, indent=1))
