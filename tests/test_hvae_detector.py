@@ -150,8 +150,9 @@ def test_auto_never_reads_ood_data(auto_detector, X_id):
     ref = auto_detector.score_samples(probe)
     for det, ood in ((auto_detector, ood_a), (again, ood_b)):
         det.score_samples(ood)  # scoring OOD data changes nothing fitted
-        np.testing.assert_array_equal(det.score_samples(np.vstack([probe, ood]))[:30], ref)
-        np.testing.assert_array_equal(det.score_samples(np.vstack([ood, probe]))[-30:], ref)
+        # equal up to float64 round-off of batched matrix products (batch sizes differ)
+        np.testing.assert_allclose(det.score_samples(np.vstack([probe, ood]))[:30], ref, rtol=1e-12)
+        np.testing.assert_allclose(det.score_samples(np.vstack([ood, probe]))[-30:], ref, rtol=1e-12)
     np.testing.assert_array_equal(auto_detector.llr_center_, again.llr_center_)
 
 
@@ -303,9 +304,10 @@ def test_joblib_roundtrip_identical_scores(tmp_path, image_detector, auto_detect
 def test_pretrained_fmnist_hvae_detects_mnist():
     """FashionMNIST -> MNIST, 100 + 100 test images, calibrated on 200 held-out training images.
 
-    Measured (random_state=0, n_samples=2): AUROC of -LLR^{>k} k=0 0.505, k=1 0.929,
-    k=2 0.925, k=3 0.167; likelihood bound 0.217 (the paradox). k="auto": test-retest reliability
-    k=1 0.190, k=2 0.219 on the 200 calibration images, so k* = 2, 0.925 (k="fisher": 0.952).
+    Measured (random_state=0, n_samples=2, n_skip_samples=8): AUROC of -LLR^{>k} k=0 0.750,
+    k=1 0.961, k=2 0.957, k=3 0.170; likelihood bound 0.202 (the paradox). k="auto": test-retest
+    reliability k=1 0.168, k=2 0.604 on the 200 calibration images, so k* = 2, 0.957
+    (k="fisher": 0.971).
     """
     held_out = np.asarray(REGISTRY["fmnist-hvae"].metadata()["heldout_train_indices"])[:200]
     X_fit = load_fashion_mnist("train")[0][held_out]

@@ -15,6 +15,7 @@ combine with importance weighting nor with the skip bounds).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -578,29 +579,53 @@ class HierarchicalVAE(nn.Module):
         n_samples: int = 1,
         generator: torch.Generator | None = None,
         shared_noise: bool = False,
+        n_skip_samples: int = 1,
     ) -> dict[str, torch.Tensor]:
         r"""All likelihood-ratio scores of Havtorn et al. (ICML 2021, eq. 10) in one call.
 
         .. math:: LLR^{>k}(x) = \mathcal{L}_S(x) - \mathcal{L}^{>k}(x),\quad k = 0, \dots, L
 
-        (high means OOD). S + L + 1 passes, the bottom features computed once.
+        (high means OOD). :math:`\mathcal{L}^{>k}` is an expectation over the
+        upper latents :math:`z_{>k} \sim q(z_{>k}|x)`; it is estimated by the mean of
+        ``n_skip_samples`` = m single-sample bounds,
+
+        .. math:: \hat{\mathcal{L}}^{>k}(x) = \frac1m \sum_{j=1}^{m}
+                  \Big[\log p(x \mid \bar z_{\le k}, z^{(j)}_{>k})
+                  - \sum_{i>k} \log\frac{q(z^{(j)}_i|\cdot)}{p(z^{(j)}_i|\cdot)}\Big],
+
+        an unbiased estimate whose Monte Carlo variance falls as 1/m (the mean,
+        not a log-mean-exp: the quantity stays the skip bound, not a tighter
+        bound). On the 5-epoch ``fmnist-hvae`` the single-draw noise of
+        :math:`\mathcal{L}^{>1}` (sd 4.5 nats within an image) dominates that of
+        :math:`\mathcal{L}_4` (2.4), so averaging pays more than larger S.
+        :math:`\mathcal{L}^{>L}` (every latent at its prior mean) has no noise and
+        is computed once. S + m L + 1 passes, the bottom features computed once.
         ``shared_noise``: every draw is shared by the whole batch (see :meth:`elbo`).
 
         Returns
         -------
         dict
             ``"elbo_bound"`` (n,): :math:`\mathcal{L}_S`; with ``n_samples == 1`` it
-            *is* ``skip[:, 0]`` (so ``llr[:, 0] == 0``), else :meth:`iwae` drawn after
-            the skip columns. ``"skip"`` (n, L+1): :math:`\mathcal{L}^{>k}` for
-            k = 0..L (column 0 a single-sample ELBO). ``"llr"`` (n, L+1): bound - skip.
+            is the first single-sample ELBO of ``skip[:, 0]`` (so ``llr[:, 0] == 0``
+            when m = 1), else :meth:`iwae` drawn after the skip columns. ``"skip"``
+            (n, L+1): :math:`\hat{\mathcal{L}}^{>k}` for k = 0..L (column 0 a mean of m
+            single-sample ELBOs). ``"llr"`` (n, L+1): bound - skip.
         """
         self._check(x)
         if int(n_samples) < 1:
             raise ValueError(f"n_samples must be a positive int, got {n_samples}.")
+        if int(n_skip_samples) < 1:
+            raise ValueError(f"n_skip_samples must be a positive int, got {n_skip_samples}.")
         h1 = self.q_paths[0](x)
-        L, S = self.n_latent_layers, int(n_samples)
-        skip = torch.stack([self._skip(x, k, True, generator, h1, shared_noise) for k in range(L + 1)], 1)
-        bound = skip[:, 0] if S == 1 else self._iwae(x, S, generator, h1, shared_noise)
+        L, S, m = self.n_latent_layers, int(n_samples), int(n_skip_samples)
+        draws = [
+            torch.stack([self._skip(x, k, True, generator, h1, shared_noise) for k in range(L)], 1)
+            for _ in range(m)
+        ]
+        top = self._skip(x, L, True, generator, h1, shared_noise)[:, None]
+        # elementwise sum in draw order: a sample's value does not depend on the batch it is in
+        skip = torch.cat([functools.reduce(torch.add, draws) / m, top], 1)
+        bound = draws[0][:, 0] if S == 1 else self._iwae(x, S, generator, h1, shared_noise)
         return {"elbo_bound": bound, "skip": skip, "llr": bound[:, None] - skip}
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:

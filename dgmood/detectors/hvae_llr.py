@@ -198,7 +198,7 @@ class HVAELikelihoodRatioDetector(BaseDetector):
     backbone : "hvae", "pretrained:fmnist-hvae" or an ``nn.Module``
         ``"hvae"`` trains a :class:`~dgmood.backbones.hvae.HierarchicalVAE`
         (conv for ``input_shape`` (C, H, W), dense for tabular rows); a module
-        needs ``llr_scores(x, n_samples, generator, shared_noise)`` and
+        needs ``llr_scores(x, n_samples, generator, shared_noise, n_skip_samples)`` and
         ``n_latent_layers``.
     backbone_params : dict, optional
         Arguments of :class:`~dgmood.backbones.hvae.HierarchicalVAE` (e.g.
@@ -209,7 +209,13 @@ class HVAELikelihoodRatioDetector(BaseDetector):
         Number of lowest latents taken from the prior, or the rule that picks
         or combines it (see above).
     n_samples : int
-        Importance samples S of :math:`\mathcal{L}_S` (S + L + 1 passes per point).
+        Importance samples S of :math:`\mathcal{L}_S`.
+    n_skip_samples : int
+        Draws m averaged in each skip bound :math:`\mathcal{L}^{>k}`, k < L
+        (:meth:`~dgmood.backbones.hvae.HierarchicalVAE.llr_scores`): S + m L + 1
+        passes per point. A single draw of :math:`\mathcal{L}^{>1}` is the
+        noisiest term of the ratio; on ``pretrained:fmnist-hvae`` (500 + 500 test
+        images, S = 16) the AUROC of :math:`-LLR^{>1}` rose with m.
     input_shape : tuple, optional
         Shape of one image, e.g. (1, 28, 28); X stays flattened.
     data_range : {"auto", "uint8", "unit", "real"}
@@ -249,6 +255,7 @@ class HVAELikelihoodRatioDetector(BaseDetector):
         **BaseDetector._parameter_constraints,
         "k": [StrOptions({"auto", "fisher"}), Interval(Integral, 0, None, closed="left")],
         "n_samples": [Interval(Integral, 1, None, closed="left")],
+        "n_skip_samples": [Interval(Integral, 1, None, closed="left")],
         "n_retest": [Interval(Integral, 3, None, closed="left")],
     }
 
@@ -259,6 +266,7 @@ class HVAELikelihoodRatioDetector(BaseDetector):
         backbone_params=None,
         k="auto",
         n_samples=16,
+        n_skip_samples=8,
         n_retest=500,
         input_shape=None,
         data_range="auto",
@@ -276,6 +284,7 @@ class HVAELikelihoodRatioDetector(BaseDetector):
         self.backbone_params = backbone_params
         self.k = k
         self.n_samples = n_samples
+        self.n_skip_samples = n_skip_samples
         self.n_retest = n_retest
         self.input_shape = input_shape
         self.data_range = data_range
@@ -377,7 +386,8 @@ class HVAELikelihoodRatioDetector(BaseDetector):
             from ..backbones.hvae import binarize
 
             xb = binarize(xb, generators[0], shared_noise=True)
-        out = module.llr_scores(xb, n_samples=int(self.n_samples), generator=generators[1], shared_noise=True)
+        out = module.llr_scores(xb, n_samples=int(self.n_samples), generator=generators[1], shared_noise=True,
+                                n_skip_samples=int(self.n_skip_samples))
         parts = {"elbo_bound": out["elbo_bound"]}
         for j in range(out["skip"].shape[1]):
             parts[f"skip_{j}"] = out["skip"][:, j]
