@@ -52,20 +52,12 @@ def _component_metrics(det, comp_id: dict, comp_ood: dict, s_id: np.ndarray, s_o
 
         per_k = {key.split("_")[1]: row(-comp_id[key], -comp_ood[key])
                  for key in sorted(k for k in comp_id if k.startswith("llr_"))}
-        label = {"auto": f"auto[k={det.k_}]", "fisher": f"fisher{list(map(int, det.auto_ks_))}"}
-        per_k[label.get(det.k, f"k={det.k}")] = row(s_id, s_ood)
-        if det.k == "auto":  # the Fisher combination from the same components and held-out statistics
-            from .detectors.hvae_llr import auto_ks, fisher_llr_score
-
-            ks = auto_ks(det.n_latent_layers_)
-            fisher = [fisher_llr_score(np.column_stack([c[f"llr_{k}"] for k in ks]), det.llr_center_[ks],
-                                       det.llr_scale_[ks]) for c in (comp_id, comp_ood)]
-            per_k[f"fisher{list(map(int, ks))}"] = row(*fisher)
-            out["retest_reliability"] = [float(r) for r in det.retest_reliability_]
-            out["k_selected"] = det.k_
+        per_k[f"auto{list(map(int, getattr(det, 'auto_ks_', [])))}" if det.k == "auto" else f"k={det.k}"] = row(
+            s_id, s_ood)
         out["per_k"] = per_k
         out["likelihood_auroc"] = auroc(comp_id["elbo_bound"], comp_ood["elbo_bound"])
         out["n_samples"] = det.n_samples
+        out["n_skip_samples"] = det.n_skip_samples
     if "log_prob" in comp_id:
         out["likelihood_auroc"] = auroc(comp_id["log_prob"], comp_ood["log_prob"])
     if "lid" in comp_id:
