@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=200, help="images per set")
     p.add_argument("--log-tau", type=float, default=None, help="default: the calibrated value in lid-flow JSON, else -3")
     p.add_argument("--n-probes", type=int, default=1)
-    p.add_argument("--n-steps", type=int, nargs="+", default=[25])
+    p.add_argument("--n-steps", type=int, nargs="+", default=[35])
     p.add_argument("--smoothing", type=float, nargs="+", default=[0.5],
                    help="log-sigma smoothing of the fast hard count")
     p.add_argument("--batch-size", type=int, default=25)

@@ -38,7 +38,7 @@ X_cal = X_train[np.sort(np.random.default_rng(0).choice(heldout, size=150, repla
 # %%
 # Fit the detector
 # ----------------
-# ``lid_method="fast"`` estimates the count from 50 Jacobian-vector and
+# ``lid_method="fast"`` estimates the count from 70 Jacobian-vector and
 # vector-Jacobian products per image (stochastic Lanczos quadrature) instead
 # of the full 784 x 784 Jacobian; ``benchmarks/lid_speed.py`` measures how
 # closely it follows the exact count. With ``log_tau="auto"``, :math:`\tau` is

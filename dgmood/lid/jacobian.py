@@ -157,7 +157,7 @@ def slq_quadrature(
     decode: Decoder,
     z: torch.Tensor,
     n_probes: int = 1,
-    n_steps: int = 25,
+    n_steps: int = 35,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Stochastic Lanczos quadrature of :math:`A = J^\top J` per point.
@@ -229,7 +229,7 @@ def fast_lid(
     z: torch.Tensor,
     log_tau: float,
     n_probes: int = 1,
-    n_steps: int = 25,
+    n_steps: int = 35,
     soft: bool = False,
     generator: torch.Generator | None = None,
     smoothing: float = 0.5,
