@@ -600,7 +600,8 @@ class HierarchicalVAE(nn.Module):
         :math:`\mathcal{L}^{>1}` (sd 4.5 nats within an image) dominates that of
         :math:`\mathcal{L}_4` (2.4), so averaging pays more than larger S.
         :math:`\mathcal{L}^{>L}` (every latent at its prior mean) has no noise and
-        is computed once. S + m L + 1 passes, the bottom features computed once.
+        is computed once. S + m L + 1 passes (m L + 1 when S = 1: the bound is then
+        the first ELBO draw), the bottom features computed once.
         ``shared_noise``: every draw is shared by the whole batch (see :meth:`elbo`).
 
         Returns

@@ -160,7 +160,7 @@ class HVAELikelihoodRatioDetector(BaseDetector):
     n_skip_samples : int
         Draws m averaged in each skip bound :math:`\mathcal{L}^{>k}`, k < L
         (:meth:`~dgmood.backbones.hvae.HierarchicalVAE.llr_scores`): S + m L + 1
-        passes per point. A single draw of :math:`\mathcal{L}^{>1}` is the
+        passes per point (m L + 1 when S = 1). A single draw of :math:`\mathcal{L}^{>1}` is the
         noisiest term of the ratio; on ``pretrained:fmnist-hvae`` (500 + 500 test
         images, S = 16) the AUROC of :math:`-LLR^{>1}` rises with m: 0.920 (m = 1),
         0.947 (2), 0.967 (4), 0.974 (8).

@@ -62,17 +62,13 @@ def decoder_jacobian(decode: Decoder, z: torch.Tensor, chunk_size: int | None = 
     flat = _flat(decode)
     D_out = flat(z[:1]).shape[1]
     chunk = D_out if chunk_size is None else min(int(chunk_size), D_out)
-    eye = torch.eye(D_out, dtype=z.dtype, device=z.device)
+    # identity rows, zero-padded to whole blocks of ``chunk``
+    eye = torch.zeros(-(-D_out // chunk) * chunk, D_out, dtype=z.dtype, device=z.device)
+    eye[:D_out].fill_diagonal_(1.0)
     out = []
     for zi in z:
         _, pullback = vjp(flat, zi[None].expand(chunk, -1))
-        rows = []
-        for start in range(0, D_out, chunk):
-            e = eye[start : start + chunk]
-            if len(e) < chunk:
-                e = torch.cat([e, e.new_zeros(chunk - len(e), D_out)])
-            rows.append(pullback(e)[0][: min(chunk, D_out - start)])
-        out.append(torch.cat(rows))
+        out.append(torch.cat([pullback(e)[0] for e in eye.split(chunk)])[:D_out])
     return torch.stack(out)
 
 
