@@ -185,7 +185,9 @@ def _demo(args) -> int:
     for name in args.detectors:
         n, n_cal = {"lid-flow": (args.n_lid, args.n_lid), "hvae-llr": (args.n_hvae, args.n_hvae)}.get(
             name, (args.n, args.n_cal))
-        result, raw = run_benchmark(name, n=n, n_cal=n_cal, device=args.device, n_boot=args.n_boot)
+        # a few hundred fit images cannot give local PCA its 1000 neighbours: use the shipped target
+        params = {"lid_target": "pretrained"} if name == "lid-flow" else None
+        result, raw = run_benchmark(name, n=n, n_cal=n_cal, device=args.device, n_boot=args.n_boot, params=params)
         rows.append(result)
         if name == "likelihood":
             path = plot_score_histograms(

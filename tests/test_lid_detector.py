@@ -83,6 +83,37 @@ def test_fixed_log_tau_is_used(subspace_detectors):
     np.testing.assert_allclose(det.score_components(X[:20])["lid"], 5.0)  # every direction counts
 
 
+def test_small_fit_warns_that_local_pca_is_capped(subspace_detectors):
+    X, exact, _ = subspace_detectors
+    det = LIDLikelihoodDetector(backbone=exact.backbone_, max_epochs=0, lid_method="exact", lpca_neighbors=500,
+                                lpca_alpha=0.05, random_state=0)
+    with pytest.warns(UserWarning, match=r"used 199 neighbours \(lpca_neighbors=500"):
+        det.fit(X[:200])
+    assert det.lid_target_ <= 198
+
+
+def test_lid_target_pretrained_needs_a_shipped_calibration(subspace_detectors):
+    X, exact, _ = subspace_detectors
+    det = LIDLikelihoodDetector(backbone=exact.backbone_, max_epochs=0, lid_target="pretrained", random_state=0)
+    with pytest.raises(ValueError, match="lid_calibration"):
+        det.fit(X[:100])
+
+
+def test_lid_target_pretrained_calibrates_to_the_shipped_target():
+    """The shipped flow's recorded local-PCA target (5000 held-out images) is the calibration
+    aim: the mean LID of the fit images at the calibrated tau lands within 1 of it."""
+    from dgmood.datasets import load_dataset
+    from dgmood.pretrained import REGISTRY
+
+    record = REGISTRY["fmnist-flow"].metadata()["lid_calibration"]
+    assert record["n_reference"] == 5000 and record["n_neighbors"] == 1000
+    X, _ = load_dataset("fashion_mnist", "test", n=16, random_state=0)
+    det = LIDLikelihoodDetector("pretrained:fmnist-flow", lid_method="fast", n_steps=8, lid_target="pretrained",
+                                n_calibration=16, random_state=0).fit(X)
+    assert det.lid_target_ == record["lpca_target"]
+    assert abs(det.heldout_components_[:, 1].mean() - record["lpca_target"]) < 1.0
+
+
 def test_joint_rule_sets_offset_on_leave_one_out_scores(subspace_detectors):
     """rule="joint" on the same backbone: offset_ is the contamination quantile of leave-one-out
     held-out scores, off-manifold points score lower, and fresh ID data is flagged near 1 %."""
