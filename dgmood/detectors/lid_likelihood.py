@@ -168,7 +168,7 @@ class LIDLikelihoodDetector(BaseDetector):
         contamination="auto",
         validation_fraction=0.1,
         device="auto",
-        batch_size=32,
+        batch_size=64,
         max_epochs=20,
         lr=1e-3,
         memory=None,

@@ -22,10 +22,11 @@ treats samples independently, e.g. ``flow.decode`` in eval mode) and latents
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 import torch
-from torch.func import vjp
+from torch.func import linearize, vjp
 
 __all__ = [
     "decoder_jacobian",
@@ -114,15 +115,20 @@ def golub_kahan(
     products resolve singular values down to about :math:`10^{-6}\sigma_{\max}`
     instead of :math:`10^{-3}\sigma_{\max}` for Lanczos on :math:`J^\top J`.
     Both bases are fully reorthogonalized in float64. Two products per step:
-    :math:`J^\top u` is a VJP; :math:`J v` is the VJP of that (linear) pullback,
-    which on the shipped flow costs less than a forward-mode JVP.
+    :math:`J^\top u` is a VJP; :math:`J v` a JVP of the decoder linearized once
+    at ``z`` (``torch.func.linearize``: the forward pass is traced and its
+    tangent graph reused, so each JVP costs about one forward pass). On the
+    shipped FashionMNIST flow (batches of 32, 2 CPU threads) that JVP took
+    1.9 ms per image against 7.0 ms for the VJP of the pullback and 7.3 ms for
+    ``torch.func.jvp``, for a one-off trace of about 2.3 s per batch. A decoder
+    that cannot be traced (``linearize`` raises) falls back to the VJP of the
+    pullback, which gives the same products.
     Returns (alphas (b, m), betas (b, m)).
     """
     flat = _flat(decode)
     out, pullback = vjp(flat, z)
-    _, pullback_of_pullback = vjp(lambda u: pullback(u)[0], torch.zeros_like(out))
-    Jv = lambda v: pullback_of_pullback(v.to(z.dtype))[0].double()  # noqa: E731
     JTu = lambda u: pullback(u.to(z.dtype))[0].double()  # noqa: E731
+    Jv = _jvp_operator(flat, z, pullback, out)
     b, D = v0.shape
     m = min(n_steps, D)
     V = torch.zeros(b, m + 1, D, dtype=torch.float64, device=z.device)
@@ -147,6 +153,19 @@ def golub_kahan(
         betas[:, j] = w.norm(dim=1)
         V[:, j + 1] = w / betas[:, j].clamp_min(1e-300)[:, None]
     return alphas, betas
+
+
+def _jvp_operator(flat: Decoder, z: torch.Tensor, pullback, out: torch.Tensor):
+    """``v -> J v`` (float64) at ``z``: ``torch.func.linearize``, else the VJP of the pullback."""
+    try:
+        with warnings.catch_warnings():  # torch's tracer warns about its own internals
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            _, jvp_fn = linearize(flat, z)
+        return lambda v: jvp_fn(v.to(z.dtype)).double()
+    except Exception:  # noqa: BLE001 - untraceable decoder: same products, slower
+        _, pullback_of_pullback = vjp(lambda u: pullback(u)[0], torch.zeros_like(out))
+        return lambda v: pullback_of_pullback(v.to(z.dtype))[0].double()
 
 
 def slq_quadrature(
