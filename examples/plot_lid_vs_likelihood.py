@@ -43,13 +43,17 @@ X_cal = X_train[np.sort(np.random.default_rng(0).choice(heldout, size=150, repla
 # of the full 784 x 784 Jacobian; ``benchmarks/lid_speed.py`` measures how
 # closely it follows the exact count. With ``log_tau="auto"``, :math:`\tau` is
 # set so that the mean LID of the held-out images matches a model-free local
-# PCA estimate on the same images. ``fit`` then maps each component through
-# its empirical CDF on the held-out images: the score is the smaller of the
-# two CDF values (the paper's dual rule).
+# PCA estimate. Local PCA with k neighbours sees at most k - 1 dimensions, so
+# 150 images cannot give it the 1000 neighbours it needs:
+# ``lid_target="pretrained"`` takes the estimate recorded with the shipped flow
+# (local PCA of 1000 of its 5000 held-out training images). ``fit`` then maps
+# each component through its empirical CDF on the held-out images: the score
+# is the smaller of the two CDF values (the paper's dual rule).
 
 from dgmood import LIDLikelihoodDetector
 
-det = LIDLikelihoodDetector(backbone="pretrained:fmnist-flow", lid_method="fast", random_state=0)
+det = LIDLikelihoodDetector(backbone="pretrained:fmnist-flow", lid_method="fast", lid_target="pretrained",
+                            random_state=0)
 det.fit(X_cal)
 print(f"local-PCA target mean LID {det.lid_target_:.0f}: calibrated log tau = {det.log_tau_:.2f}")
 
