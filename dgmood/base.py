@@ -177,6 +177,7 @@ class BaseDetector(OutlierMixin, BaseEstimator):
     def _fit_backbone(self, X_train: np.ndarray) -> None:
         backbone = self.backbone
         self.history_ = []
+        self.backbone_metadata_ = {}  # a refit on another backbone must not keep a shipped one's metadata
         if isinstance(backbone, torch.nn.Module):
             module = copy.deepcopy(backbone).cpu()  # never move the user's module
             if self.max_epochs > 0:

@@ -87,8 +87,9 @@ def test_small_fit_warns_that_local_pca_is_capped(subspace_detectors):
     X, exact, _ = subspace_detectors
     det = LIDLikelihoodDetector(backbone=exact.backbone_, max_epochs=0, lid_method="exact", lpca_neighbors=500,
                                 lpca_alpha=0.05, random_state=0)
-    with pytest.warns(UserWarning, match=r"used 199 neighbours \(lpca_neighbors=500"):
+    with pytest.warns(UserWarning, match=r"used 199 neighbours \(lpca_neighbors=500") as caught:
         det.fit(X[:200])
+    assert caught[0].filename == __file__  # points at the caller's fit, not at library internals
     assert det.lid_target_ <= 198
 
 
@@ -112,6 +113,9 @@ def test_lid_target_pretrained_calibrates_to_the_shipped_target():
                                 n_calibration=16, random_state=0).fit(X)
     assert det.lid_target_ == record["lpca_target"]
     assert abs(det.heldout_components_[:, 1].mean() - record["lpca_target"]) < 1.0
+    # refitted on a plain module (the same flow, no shipped metadata), the old record is not reused
+    with pytest.raises(ValueError, match="lid_calibration"):
+        det.set_params(backbone=det.backbone_, max_epochs=0).fit(X)
 
 
 def test_joint_rule_sets_offset_on_leave_one_out_scores(subspace_detectors):

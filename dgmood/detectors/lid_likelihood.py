@@ -21,9 +21,8 @@ PCA estimate (the paper's procedure) or a given target.
 
 from __future__ import annotations
 
-from numbers import Integral, Real
-
 import warnings
+from numbers import Integral, Real
 
 import numpy as np
 import torch
@@ -258,7 +257,7 @@ class LIDLikelihoodDetector(BaseDetector):
                 "tau may be too low. Fit on more data, or pass lid_target (a number, or 'pretrained' "
                 "with a shipped backbone).",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=4,  # _prepare <- BaseDetector.fit <- sklearn's fit wrapper <- the caller
             )
         queries = X_cal[self._calibration_subset(len(X_cal))]
         self.lid_target_ = float(
@@ -266,7 +265,7 @@ class LIDLikelihoodDetector(BaseDetector):
         )
 
     def _pretrained_lid_target(self) -> float:
-        record = getattr(self, "backbone_metadata_", {}).get("lid_calibration")
+        record = self.backbone_metadata_.get("lid_calibration")
         if not record:
             raise ValueError(
                 "lid_target='pretrained' needs a shipped backbone ('pretrained:<name>') whose metadata "
