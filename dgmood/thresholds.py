@@ -4,7 +4,7 @@ The likelihood + LID rule of Kamkari et al. (ICML 2024) calls a sample
 in-distribution iff :math:`\\log p(x) \\ge \\psi_L` **and**
 :math:`\\mathrm{LID}(x) \\ge \\psi_{\\mathrm{LID}}`. The AUROC their code reports
 tunes both thresholds on the test set (see
-:func:`dgmood.metrics.oracle_dual_auroc`). Here the thresholds come from
+:func:`dgmood.envelope.oracle_dual_auroc`). Here the thresholds come from
 held-out in-distribution data alone: each component is mapped through its
 empirical CDF on that data and the score is the smallest of them,
 
@@ -15,6 +15,9 @@ empirical CDF on that data and the score is the smallest of them,
 Thresholding :math:`s` at :math:`q` is the dual rule with every threshold at
 the :math:`q`-quantile of its component, and :math:`q` is calibrated on the
 *joint* held-out rate so that the false-positive rate on ID data meets a target.
+
+:func:`threshold_at_rate` is the one convention turning a rejection rate into
+a level on held-out scores, used by both rules here.
 """
 
 from __future__ import annotations
@@ -22,8 +25,15 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.exceptions import NotFittedError
+from sklearn.utils import check_array
 
-__all__ = ["EmpiricalCDF", "DualThresholdRule", "JointDensityRule", "robust_location_scale"]
+__all__ = [
+    "EmpiricalCDF",
+    "DualThresholdRule",
+    "JointDensityRule",
+    "robust_location_scale",
+    "threshold_at_rate",
+]
 
 # slack for float round-off when turning a level q into an order statistic
 _EPS = 1e-9
@@ -33,19 +43,81 @@ _MAD_TO_STD = 1.4826
 _SCALE_FLOOR = 1e-6
 
 
-def _threshold_for_fpr(sorted_scores: np.ndarray, target: float) -> float:
-    """``sorted_scores[floor(target * n)]``: the largest level rejecting at most that many held-out points."""
-    if not (isinstance(target, (int, float, np.integer, np.floating)) and 0.0 < target < 1.0):
-        raise ValueError(f"target must be a false-positive rate in (0, 1); got {target!r}.")
-    n = len(sorted_scores)
-    k = int(np.floor(target * n + _EPS))
+def _check_float_array(values: ArrayLike, name: str, *, ndim: int, allow_inf: bool) -> np.ndarray:
+    """``check_array`` (float64; finite unless ``allow_inf``), then ``ndim`` and no NaN; may be empty."""
+    # ndim and NaN checked here: sklearn has no "allow-inf" mode, and its shape
+    # messages do not name the argument
+    arr = check_array(
+        values,
+        dtype=np.float64,
+        ensure_2d=False,
+        allow_nd=True,
+        ensure_all_finite=not allow_inf,
+        ensure_min_samples=0,
+        ensure_min_features=0,
+        input_name=name,
+    )
+    if arr.ndim != ndim:
+        shape = "(n_samples,)" if ndim == 1 else "(n_samples, n_components)"
+        raise ValueError(f"{name} must have shape {shape}; got an array of shape {arr.shape}.")
+    if allow_inf and np.isnan(arr).any():
+        raise ValueError(f"{name} contains {int(np.isnan(arr).sum())} NaN value(s); remove them first.")
+    return arr
+
+
+def threshold_at_rate(scores: ArrayLike, rate: float, *, strict: bool = False) -> float:
+    r"""Largest level :math:`q` such that flagging ``score < q`` rejects at most ``rate`` of ``scores``.
+
+    With held-out scores sorted, :math:`s_{(1)} \le \dots \le s_{(n)}`,
+
+    .. math::
+
+        k = \lfloor \mathrm{rate} \cdot n + 10^{-9} \rfloor, \qquad
+        q = s_{(k+1)} = \texttt{sorted(scores)[k]},
+
+    so :math:`\#\{i : s_i < q\} \le k` (fewer when scores tie at :math:`q`)
+    and any larger level rejects more. The :math:`10^{-9}` absorbs round-off
+    (``0.29 * 100`` is ``28.999...``). On fresh data from the same distribution
+    the rejected share is close to ``rate``, within the binomial error of :math:`n`.
+
+    Parameters
+    ----------
+    scores : array-like of shape (n,)
+        Held-out scores, higher = more in-distribution, in any order; NaN
+        rejected, +/-inf allowed.
+    rate : float
+        Target rejection rate (false-positive rate on ID data), in (0, 1).
+    strict : bool, default=False
+        When :math:`k < 1` (``rate`` below :math:`1/n`): ``True`` raises a
+        ValueError, :math:`n` points cannot certify the rate; ``False``
+        returns :math:`s_{(1)} = \min(\mathrm{scores})`, flagging none of them.
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    ValueError
+        If ``scores`` is empty or holds NaN, ``rate`` is outside (0, 1), or
+        (``strict=True``) ``rate`` is unreachable.
+    """
+    if not (isinstance(rate, (int, float, np.integer, np.floating)) and 0.0 < rate < 1.0):
+        raise ValueError(f"rate must be a target false-positive rate in (0, 1); got {rate!r}.")
+    sorted_scores = np.sort(_check_float_array(scores, "scores", ndim=1, allow_inf=True))
+    n = sorted_scores.size
+    if n == 0:
+        raise ValueError("scores is empty; a threshold needs at least one held-out score.")
+    k = int(np.floor(rate * n + _EPS))
     if k < 1:
-        raise ValueError(
-            f"target={target!r} is unreachable with {n} held-out samples: the smallest "
-            f"false-positive rate they can resolve is 1/n = {1.0 / n:.3g}. Use a larger "
-            f"target or at least {int(np.ceil(1.0 / target))} held-out samples."
-        )
-    return float(sorted_scores[k])
+        if strict:
+            raise ValueError(
+                f"rate={rate!r} is unreachable with {n} held-out samples: the smallest "
+                f"false-positive rate they can resolve is 1/n = {1.0 / n:.3g}. Use a larger "
+                f"rate or at least {int(np.ceil(1.0 / rate))} held-out samples."
+            )
+        return float(sorted_scores[0])
+    return float(sorted_scores[min(k, n - 1)])  # k = n only for rate within round-off of 1
 
 
 def robust_location_scale(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -72,21 +144,6 @@ def robust_location_scale(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     std = values.std(axis=0) if len(values) > 1 else np.zeros_like(center)
     scale = np.where(scale > 0, scale, std)
     return center, np.maximum(scale, _SCALE_FLOOR * (1.0 + np.abs(center)))
-
-
-def _as_float_array(values: ArrayLike, name: str, ndim: int) -> np.ndarray:
-    try:
-        arr = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(
-            f"{name} must be a real array; got an object of type {type(values).__name__}."
-        ) from exc
-    if arr.ndim != ndim:
-        shape = "(n_samples,)" if ndim == 1 else "(n_samples, n_components)"
-        raise ValueError(f"{name} must have shape {shape}; got an array of shape {arr.shape}.")
-    if np.isnan(arr).any():
-        raise ValueError(f"{name} contains {int(np.isnan(arr).sum())} NaN value(s); remove them first.")
-    return arr
 
 
 def _order_statistic(sorted_ref: np.ndarray, level: float) -> float:
@@ -129,11 +186,9 @@ class EmpiricalCDF:
         -------
         self
         """
-        arr = _as_float_array(values, "values", ndim=1)
+        arr = _check_float_array(values, "values", ndim=1, allow_inf=False)
         if arr.size == 0:
             raise ValueError("values is empty; an empirical CDF needs at least one reference value.")
-        if not np.isfinite(arr).all():
-            raise ValueError("values must be finite to fit an empirical CDF; got +/-inf.")
         self.reference_ = np.sort(arr)
         self.n_samples_ = int(arr.size)
         return self
@@ -217,14 +272,12 @@ class DualThresholdRule:
         -------
         self
         """
-        c = _as_float_array(components, "components", ndim=2)
+        c = _check_float_array(components, "components", ndim=2, allow_inf=False)
         n, m = c.shape
         if n == 0 or m == 0:
             raise ValueError(
                 f"components must hold at least one sample and one component; got shape {c.shape}."
             )
-        if not np.isfinite(c).all():
-            raise ValueError("components used for fit must be finite; got +/-inf.")
         eps = float(self.tie_break)
         if not (0.0 <= eps < 1.0 / n):
             raise ValueError(
@@ -250,7 +303,7 @@ class DualThresholdRule:
         ndarray of shape (n_samples,), float64
         """
         self._check_fitted()
-        c = _as_float_array(components, "components", ndim=2)
+        c = _check_float_array(components, "components", ndim=2, allow_inf=True)
         if c.shape[1] != self.n_components_:
             raise ValueError(
                 f"components must have {self.n_components_} column(s) as in fit; "
@@ -274,7 +327,8 @@ class DualThresholdRule:
         :math:`q = s_{(k+1)}`, the largest level with
         :math:`\\#\\{i : s_i < q\\} \\le k`. Flag a sample as OOD iff
         ``score(c) < q``; on fresh ID data the rate is then close to ``target``
-        (within binomial error of the held-out size).
+        (within binomial error of the held-out size). This is
+        :func:`threshold_at_rate` ``(heldout_scores_, target, strict=True)``.
 
         Parameters
         ----------
@@ -292,7 +346,7 @@ class DualThresholdRule:
             ``n`` held-out samples cannot certify.
         """
         self._check_fitted()
-        return _threshold_for_fpr(self.heldout_scores_, target)
+        return threshold_at_rate(self.heldout_scores_, target, strict=True)
 
     def component_thresholds(self, q: float) -> np.ndarray:
         """Per-component thresholds :math:`\\psi_j` of the dual rule behind ``score >= q``.
@@ -358,15 +412,13 @@ class JointDensityRule:
         """Standardize and fit the kernel density on held-out ID components (at least 2)."""
         from sklearn.neighbors import KernelDensity
 
-        c = _as_float_array(components, "components", ndim=2)
+        c = _check_float_array(components, "components", ndim=2, allow_inf=False)
         n, m = c.shape
         if m == 0 or n < 2:
             raise ValueError(
                 f"components must hold at least 2 samples and one component to fit a kernel "
                 f"density; got shape {c.shape}."
             )
-        if not np.isfinite(c).all():
-            raise ValueError("components used for fit must be finite; got +/-inf.")
         center, scale = robust_location_scale(c)
         self.center_, self.scale_ = center, np.where(c.std(axis=0) > 0, scale, 1.0)  # constant: unit scale
         cz = (c - center) / self.scale_
@@ -384,7 +436,7 @@ class JointDensityRule:
         """Log kernel density of the standardized components, higher = more in-distribution."""
         if not hasattr(self, "kde_"):
             raise NotFittedError("This JointDensityRule is not fitted yet; call fit(components) first.")
-        c = _as_float_array(components, "components", ndim=2)
+        c = _check_float_array(components, "components", ndim=2, allow_inf=True)
         if c.shape[1] != self.n_components_:
             raise ValueError(
                 f"components must have {self.n_components_} column(s) as in fit; got shape {c.shape}."
@@ -396,7 +448,8 @@ class JointDensityRule:
 
     def threshold_for_fpr(self, target: float) -> float:
         """Level :math:`q = s_{(k+1)}`, :math:`k = \\lfloor \\mathrm{target} \\cdot n \\rfloor`, of the
-        held-out (leave-one-out) scores, as :meth:`DualThresholdRule.threshold_for_fpr`; flag ``score < q``."""
+        held-out (leave-one-out) scores, as :meth:`DualThresholdRule.threshold_for_fpr`
+        (:func:`threshold_at_rate` with ``strict=True``); flag ``score < q``."""
         if not hasattr(self, "kde_"):
             raise NotFittedError("This JointDensityRule is not fitted yet; call fit(components) first.")
-        return _threshold_for_fpr(self.heldout_scores_, target)
+        return threshold_at_rate(self.heldout_scores_, target, strict=True)

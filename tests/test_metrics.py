@@ -1,4 +1,5 @@
-"""Tests of dgmood.metrics: OOD-positive metrics, bootstrap, oracle envelope, scorer."""
+"""Tests of dgmood.metrics (OOD-positive metrics, bootstrap) and of the functions it
+re-exports: the oracle envelope (dgmood.envelope) and the scorer (dgmood.model_selection)."""
 
 import numpy as np
 import pytest
@@ -6,6 +7,7 @@ from sklearn.ensemble import IsolationForest
 from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
+from dgmood import envelope, metrics, model_selection
 from dgmood.metrics import (
     auprc,
     auroc,
@@ -15,6 +17,14 @@ from dgmood.metrics import (
     ood_metrics,
     oracle_dual_auroc,
 )
+
+
+def test_reexports_are_the_moved_functions():
+    assert oracle_dual_auroc is envelope.oracle_dual_auroc
+    assert make_ood_scorer is model_selection.make_ood_scorer
+    assert {"oracle_dual_auroc", "make_ood_scorer", "METRICS"} <= set(metrics.__all__)
+    for mod in (metrics, envelope, model_selection):
+        assert all(hasattr(mod, name) for name in mod.__all__)
 
 
 def _tied_scores(seed=0, n_id=300, n_ood=200, shift=0.7):
@@ -121,15 +131,29 @@ def test_ood_metrics_keys_and_values():
 @pytest.mark.parametrize(
     "s_id, s_ood, match",
     [
-        (np.ones((3, 2)), np.ones(3), "1-D"),
-        (np.array([]), np.ones(3), "empty"),
-        (np.ones(3), np.array([1.0, np.nan]), "finite"),
-        (np.ones(3), np.array([1.0, np.inf]), "finite"),
+        (np.ones((3, 2)), np.ones(3), "scores_id must be a 1-D"),
+        (np.ones(3), np.ones((3, 1)), "scores_ood must be a 1-D"),
+        (np.ones(3), np.ones((2, 2, 2)), "scores_ood must be a 1-D"),
+        (np.array([]), np.ones(3), "scores_id is empty"),
+        (np.ones(3), [], "scores_ood is empty"),
+        (np.ones(3), np.array([1.0, np.nan]), "scores_ood contains NaN"),
+        (np.array([np.nan, 1.0]), np.ones(3), "scores_id contains NaN"),
+        (np.ones(3), np.array([1.0, np.inf]), "scores_ood contains infinity"),
+        (np.array([-np.inf, 1.0]), np.ones(3), "scores_id contains infinity"),
     ],
 )
-def test_input_validation(s_id, s_ood, match):
+@pytest.mark.parametrize("fn", [auroc, auprc, fpr_at_tpr, ood_metrics])
+def test_input_validation(fn, s_id, s_ood, match):
     with pytest.raises(ValueError, match=match):
-        auroc(s_id, s_ood)
+        fn(s_id, s_ood)
+
+
+def test_input_conversion():
+    # lists and integer arrays are converted to float64, with unchanged results
+    s_id, s_ood = _tied_scores(9)
+    assert auroc(list(s_id), list(s_ood)) == auroc(s_id, s_ood)
+    ints = np.arange(10), np.arange(5, 15)
+    assert auroc(*ints) == auroc(*(a.astype(float) for a in ints))
 
 
 def test_bad_arguments():
@@ -260,10 +284,16 @@ def test_oracle_subsampling_reproducible_and_close():
 
 def test_oracle_validation():
     c_id, c_ood = _correlated(0, 10, 10)
-    with pytest.raises(ValueError, match=r"\(n_samples, 2\)"):
+    with pytest.raises(ValueError, match=r"components_id must have shape \(n_samples, 2\)"):
         oracle_dual_auroc(c_id[:, :1], c_ood)
-    with pytest.raises(ValueError, match="finite"):
+    with pytest.raises(ValueError, match=r"components_ood must have shape \(n_samples, 2\)"):
+        oracle_dual_auroc(c_id, c_ood[:, 0])
+    with pytest.raises(ValueError, match="components_id contains NaN"):
         oracle_dual_auroc(np.r_[c_id, [[np.nan, 0.0]]], c_ood)
+    with pytest.raises(ValueError, match="components_ood contains infinity"):
+        oracle_dual_auroc(c_id, np.r_[c_ood, [[0.0, np.inf]]])
+    with pytest.raises(ValueError, match="components_ood is empty"):
+        oracle_dual_auroc(c_id, np.zeros((0, 2)))
     with pytest.raises(ValueError, match="n_pairs"):
         oracle_dual_auroc(c_id, c_ood, n_pairs=0)
 

@@ -1,4 +1,4 @@
-"""Tests of dgmood.thresholds: empirical CDF and the held-out dual-threshold rule."""
+"""Tests of dgmood.thresholds: empirical CDF, threshold_at_rate and the held-out rules."""
 
 import pickle
 
@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 from sklearn.exceptions import NotFittedError
 
-from dgmood.thresholds import DualThresholdRule, EmpiricalCDF, JointDensityRule
+from dgmood.thresholds import DualThresholdRule, EmpiricalCDF, JointDensityRule, threshold_at_rate
 
 
 def _gaussian_components(n, seed):
@@ -45,15 +45,86 @@ def test_ecdf_quantile_is_generalised_inverse():
 def test_ecdf_errors_and_pickle():
     with pytest.raises(NotFittedError):
         EmpiricalCDF()(0.0)
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(ValueError, match=r"values must have shape \(n_samples,\)"):
         EmpiricalCDF().fit(np.ones((3, 2)))
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(ValueError, match="values is empty"):
         EmpiricalCDF().fit([])
+    with pytest.raises(ValueError, match="values contains infinity"):
+        EmpiricalCDF().fit([0.0, np.inf])
+    with pytest.raises(ValueError, match="values contains NaN"):
+        EmpiricalCDF().fit([0.0, np.nan])
     cdf = EmpiricalCDF().fit([3.0, 1.0, 2.0])
     with pytest.raises(ValueError, match="NaN"):
         cdf([np.nan])
     clone = pickle.loads(pickle.dumps(cdf))
     np.testing.assert_array_equal(clone([0.0, 1.5, 9.0]), cdf([0.0, 1.5, 9.0]))
+
+
+# ---------------------------------------------------------------- threshold_at_rate
+
+
+@pytest.mark.parametrize("n", [1, 7, 20, 100, 333, 1000])
+@pytest.mark.parametrize("rate", [0.001, 0.01, 0.05, 0.1, 0.29, 0.5, 0.9])
+@pytest.mark.parametrize("ties", [False, True])
+def test_threshold_at_rate_rejects_at_most_rate(n, rate, ties):
+    rng = np.random.default_rng(n)
+    scores = rng.normal(size=n)
+    if ties:
+        scores = np.round(scores, 1)  # many equal scores
+    q = threshold_at_rate(scores, rate)
+    k = int(np.floor(rate * n + 1e-9))
+    assert np.sum(scores < q) <= k
+    assert np.mean(scores < q) <= rate + 1e-12
+    assert q in scores
+    # the largest such level: the next distinct score up rejects more than k
+    above = np.unique(scores[scores > q])
+    if above.size:
+        assert np.sum(scores < above[0]) > k
+    # the formula, independently of the order of the input
+    assert q == (np.sort(scores)[k] if k >= 1 else scores.min())
+    assert threshold_at_rate(scores[::-1], rate) == q
+
+
+def test_threshold_at_rate_exact_and_round_off():
+    scores = np.arange(100.0)[::-1]  # unsorted input
+    assert threshold_at_rate(scores, 0.05) == 5.0  # rejects 0..4: exactly 5 %
+    assert threshold_at_rate(scores, 0.29) == 29.0  # 0.29 * 100 = 28.999...: still k = 29
+    assert threshold_at_rate([3.0, -np.inf, 1.0, np.inf], 0.5) == 3.0  # +/-inf allowed: rejects -inf, 1
+    assert threshold_at_rate(np.arange(10.0), 1 - 1e-12) == 9.0  # k = n by round-off: the maximum
+
+
+def test_threshold_at_rate_strict_and_tiny_n():
+    scores = np.array([4.0, 2.0, 3.0])
+    for rate in (0.01, 0.2, 1 / 3 - 1e-3):  # floor(rate * 3) = 0
+        assert threshold_at_rate(scores, rate) == 2.0  # min(scores): flags none
+        assert np.sum(scores < threshold_at_rate(scores, rate)) == 0
+        with pytest.raises(ValueError, match="unreachable"):
+            threshold_at_rate(scores, rate, strict=True)
+    assert threshold_at_rate(scores, 1 / 3, strict=True) == 3.0
+    assert threshold_at_rate([7.0], 0.5) == 7.0
+
+
+def test_threshold_at_rate_errors():
+    for bad in (0.0, 1.0, -0.1, 5, "0.1", None):
+        with pytest.raises(ValueError, match=r"rate must be .* in \(0, 1\)"):
+            threshold_at_rate([1.0, 2.0], bad)
+    with pytest.raises(ValueError, match="scores is empty"):
+        threshold_at_rate([], 0.1)
+    with pytest.raises(ValueError, match="scores contains 1 NaN"):
+        threshold_at_rate([1.0, np.nan, 2.0], 0.1)
+    with pytest.raises(ValueError, match=r"scores must have shape \(n_samples,\)"):
+        threshold_at_rate(np.ones((4, 2)), 0.5)
+
+
+@pytest.mark.parametrize("target", [0.002, 0.01, 0.05, 0.1, 0.29, 0.5])
+def test_threshold_for_fpr_is_threshold_at_rate(target):
+    held = _gaussian_components(500, 7)
+    for rule in (DualThresholdRule().fit(held), JointDensityRule().fit(held)):
+        q = rule.threshold_for_fpr(target)
+        assert q == threshold_at_rate(rule.heldout_scores_, target, strict=True)
+        assert q == threshold_at_rate(rule.heldout_scores_, target)  # reachable: same either way
+        # the formula the rules used before threshold_at_rate existed
+        assert q == np.sort(rule.heldout_scores_)[int(np.floor(target * 500 + 1e-9))]
 
 
 # ---------------------------------------------------------------- DualThresholdRule
@@ -121,8 +192,17 @@ def test_threshold_errors():
         rule.score(np.ones((4, 3)))
     with pytest.raises(ValueError, match="tie_break"):
         DualThresholdRule(tie_break=0.01).fit(_gaussian_components(500, 0))
-    with pytest.raises(ValueError, match="finite"):
+    with pytest.raises(ValueError, match="components contains infinity"):
         DualThresholdRule().fit(np.array([[0.0, np.inf], [1.0, 2.0]]))
+    with pytest.raises(ValueError, match="components contains NaN"):
+        DualThresholdRule().fit(np.array([[0.0, np.nan], [1.0, 2.0]]))
+    with pytest.raises(ValueError, match="components contains 1 NaN"):
+        rule.score(np.array([[0.0, np.nan], [1.0, 2.0]]))  # +/-inf allowed, NaN not
+    with pytest.raises(ValueError, match=r"components must have shape \(n_samples, n_components\)"):
+        rule.score(np.ones(4))
+    with pytest.raises(ValueError, match="at least one sample"):
+        DualThresholdRule().fit(np.zeros((0, 2)))
+    assert rule.score(np.zeros((0, 2))).shape == (0,)  # an empty batch scores to nothing
     with pytest.raises(NotFittedError):
         DualThresholdRule().score(np.ones((2, 2)))
 
@@ -204,7 +284,7 @@ def test_joint_density_errors():
         JointDensityRule().score([[0.0, 0.0]])
     with pytest.raises(ValueError, match="at least"):
         JointDensityRule().fit(np.zeros((1, 2)))
-    with pytest.raises(ValueError, match="finite"):
+    with pytest.raises(ValueError, match="components contains infinity"):
         JointDensityRule().fit(np.r_[np.zeros((9, 2)), [[np.inf, 0]]])
     const = JointDensityRule().fit(np.c_[np.full(10, 3.0), np.arange(10.0)])  # e.g. all hard LIDs equal
     assert const.scale_[0] == 1.0
