@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dgmood.backbones.schedules import hvae_schedules  # noqa: E402
 from dgmood.backbones.training import resolve_device, train_module  # noqa: E402
 from dgmood.datasets import load_fashion_mnist, load_mnist  # noqa: E402
 from dgmood.pretrained import REGISTRY, build_module, sha256  # noqa: E402
@@ -48,8 +49,6 @@ def _hvae_schedules(max_epochs: int, schedule_epochs: int | None, hold: bool = F
     """KL warm-up and free bits of ``hvae_schedules`` over the whole run, or, with
     ``schedule_epochs=N``, over a nominal N-epoch run of which this one is the start
     (hvae-oodd: N = 1000, beta reaching 1 at epoch 200, free bits gone by 400)."""
-    from dgmood.detectors.hvae_llr import hvae_schedules
-
     schedules = hvae_schedules(2.0, hold=hold)
     if schedule_epochs:
         factor = max_epochs / schedule_epochs

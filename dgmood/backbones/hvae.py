@@ -1,4 +1,10 @@
-"""Hierarchical VAE backbone: ELBO, importance-weighted bound and skip-ELBOs L^{>k}.
+"""Hierarchical VAE backbone: the model, its ELBO, importance-weighted bound and skip-ELBOs L^{>k}.
+
+Holds :class:`HierarchicalVAE` (inference and generative passes, training
+loss, the bounds and the likelihood-ratio scores of :meth:`~HierarchicalVAE.llr_scores`)
+and :func:`binarize`; its layers and their layout are in
+``dgmood.backbones.hvae_layers`` (internal), its training schedules in
+:mod:`dgmood.backbones.schedules`.
 
 The model and the likelihood-ratio scores follow Havtorn et al., "Hierarchical
 VAEs Know What They Don't Know", ICML 2021 (reference code: hvae-oodd, its
@@ -22,6 +28,10 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+# the layer classes stay importable here, so that models pickled before the split still load
+from .hvae_layers import (_ConvBlock, _DenseBlock, _Head, _Path, _Projection,  # noqa: F401
+                          _WNConv2d, _WNConvTranspose2d, _WNLinear, build_stages)
 
 __all__ = ["HierarchicalVAE", "binarize"]
 
@@ -55,148 +65,6 @@ def _log_normal(z: torch.Tensor, mu: torch.Tensor, std: torch.Tensor) -> torch.T
 
 def _flat_sum(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1).sum(1)
-
-
-def _norm_except(v: torch.Tensor, dim: int) -> torch.Tensor:
-    dims = [d for d in range(v.ndim) if d != dim]
-    return torch.linalg.vector_norm(v, dim=dims, keepdim=True)
-
-
-class _WNLinear(nn.Linear):
-    """Weight-normed linear layer, ``W = g v / ||v||`` per output (Salimans & Kingma 2016).
-
-    Plain parameters (not ``torch.nn.utils.parametrize``) so the module pickles.
-    """
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.g = nn.Parameter(_norm_except(self.weight.detach(), 0).clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.g * self.weight / _norm_except(self.weight, 0), self.bias)
-
-
-class _WNConv2d(nn.Conv2d):
-    """Weight-normed convolution, normalized per output channel."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.g = nn.Parameter(_norm_except(self.weight.detach(), 0).clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.g * self.weight / _norm_except(self.weight, 0), self.bias)
-
-
-class _WNConvTranspose2d(nn.ConvTranspose2d):
-    """Weight-normed transposed convolution (weight ``(in, out, k, k)``: normalized per output)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.g = nn.Parameter(_norm_except(self.weight.detach(), 1).clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.g * self.weight / _norm_except(self.weight, 1)
-        return F.conv_transpose2d(x, w, self.bias, self.stride, self.padding, self.output_padding)
-
-
-def _conv(c_in: int, c_out: int, k: int, stride: int = 1, up: bool = False) -> nn.Module:
-    """'Same' convolution; ``stride=2`` halves H, W; ``up=True`` doubles them (transposed)."""
-    if up:
-        return _WNConvTranspose2d(c_in, c_out, k, 2, padding=(k - 1) // 2, output_padding=1)
-    return _WNConv2d(c_in, c_out, k, stride, padding=(k - 1) // 2)
-
-
-class _ConvBlock(nn.Module):
-    """Residual block ``y = conv2(act(conv1(act(x)) + aux_op(act(aux)))) + res(x)``.
-
-    ``resample`` is 0 (same size), -1 (conv2 has stride 2) or +1 (conv2 is a
-    transposed stride-2 conv). ``aux`` (the skip connection of hvae-oodd's
-    ``VaeStage``) is resampled to the size of ``conv1``'s output.
-    """
-
-    def __init__(self, c_in, c_out, k, resample, act, aux_shape=None, hw=None):
-        super().__init__()
-        self.act, self.resample = act, resample
-        self.conv1 = _conv(c_in, c_out, k)
-        self.conv2 = _conv(c_out, c_out, k, stride=2 if resample < 0 else 1, up=resample > 0)
-        self.res = None if c_in == c_out else _WNConv2d(c_in, c_out, 1)
-        self.aux_op = None
-        if aux_shape is not None:
-            ratio = aux_shape[1] / hw
-            if ratio > 1:
-                self.aux_op = _conv(aux_shape[0], c_out, 3, stride=int(ratio))
-            elif ratio < 1:
-                self.aux_op = _conv(aux_shape[0], c_out, 3, up=True)
-            elif aux_shape[0] != c_out:
-                self.aux_op = _conv(aux_shape[0], c_out, 1)
-            else:
-                self.aux_op = nn.Identity()
-
-    def forward(self, x: torch.Tensor, aux: torch.Tensor | None = None) -> torch.Tensor:
-        y = self.conv1(self.act(x))
-        if self.aux_op is not None:
-            y = y + self.aux_op(self.act(aux))
-        y = self.conv2(self.act(y))
-        r = x if self.res is None else self.res(x)
-        if self.resample < 0:
-            r = F.avg_pool2d(r, 2)
-        elif self.resample > 0:
-            r = F.interpolate(r, scale_factor=2.0, mode="nearest")
-        return y + r
-
-
-class _DenseBlock(nn.Module):
-    """Residual MLP block ``y = W2 act(W1 act(x) + A act(aux)) + res(x)``."""
-
-    def __init__(self, d_in, d_out, act, aux_dim=None):
-        super().__init__()
-        self.act = act
-        self.lin1, self.lin2 = _WNLinear(d_in, d_out), _WNLinear(d_out, d_out)
-        self.res = None if d_in == d_out else _WNLinear(d_in, d_out, bias=False)
-        self.aux_op = None if aux_dim is None else _WNLinear(aux_dim, d_out)
-
-    def forward(self, x: torch.Tensor, aux: torch.Tensor | None = None) -> torch.Tensor:
-        y = self.lin1(self.act(x))
-        if self.aux_op is not None:
-            y = y + self.aux_op(self.act(aux))
-        y = self.lin2(self.act(y))
-        return y + (x if self.res is None else self.res(x))
-
-
-class _Path(nn.Module):
-    """A stage's deterministic blocks; every block receives the same ``aux``."""
-
-    def __init__(self, blocks: Sequence[nn.Module]):
-        super().__init__()
-        self.blocks = nn.ModuleList(blocks)
-
-    def forward(self, x: torch.Tensor, aux: torch.Tensor | None = None) -> torch.Tensor:
-        for block in self.blocks:
-            x = block(x, aux)
-        return x
-
-
-class _Head(nn.Module):
-    """``act`` then a (weight-normed) layer; ``flatten`` for dense outputs of feature maps."""
-
-    def __init__(self, layer: nn.Module, act: nn.Module, flatten: bool = False):
-        super().__init__()
-        self.layer, self.act, self.flatten = layer, act, flatten
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        h = self.act(h)
-        return self.layer(h.flatten(1) if self.flatten else h)
-
-
-class _Projection(nn.Module):
-    """Dense latent -> feature map of shape ``view`` (hvae-oodd's ``AsFeatureMap``)."""
-
-    def __init__(self, d_in: int, view: tuple[int, ...]):
-        super().__init__()
-        self.lin, self.view = _WNLinear(d_in, math.prod(view)), view
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.lin(z).view(-1, *self.view)
 
 
 class HierarchicalVAE(nn.Module):
@@ -293,74 +161,16 @@ class HierarchicalVAE(nn.Module):
         self.channels, self.blocks_per_stage = int(channels), 0 if linear else int(blocks_per_stage)
         self.kernel_sizes = tuple(kernel_sizes)
         act = nn.Identity() if linear else nn.SiLU()
-        (self._build_image if self.image else self._build_dense)(act)
+        stages = build_stages(self.input_shape, self.channels, self.blocks_per_stage, self.latent_dims,
+                              self.kernel_sizes, act, self.linear)
+        self._latent_shapes = stages.latent_shapes
+        # registration order fixes the state_dict keys of the shipped weights
+        self.q_paths, self.p_paths = nn.ModuleList(stages.q_paths), nn.ModuleList(stages.p_paths)
+        self.q_heads, self.p_heads = nn.ModuleList(stages.q_heads), nn.ModuleList(stages.p_heads)
+        self.q_proj, self.p_proj = nn.ModuleList(stages.q_proj), nn.ModuleList(stages.p_proj)
+        self.x_head = stages.x_head
         if likelihood == "gaussian":
             self.log_std = nn.Parameter(torch.zeros(self.input_shape))
-
-    # ------------------------------------------------------------------ build
-    def _build_image(self, act: nn.Module) -> None:
-        c_x, h, w = self.input_shape
-        C, B, L, m = self.channels, self.blocks_per_stage, len(self.latent_dims), self.latent_dims
-        k = [self.kernel_sizes[min(i, len(self.kernel_sizes) - 1)] for i in range(L)]
-        hw = [h // 2] + [h // 4] * (L - 1)  # height of h_i and of d_{i+1}
-        self._latent_shapes = [(m[0], h // 2, w // 2)] + [(mi,) for mi in m[1:]]
-        q_paths, p_paths, q_heads, p_heads, q_proj, p_proj = [], [], [], [], [], []
-        for i in range(L):
-            c_in = c_x if i == 0 else (m[0] if i == 1 else C)
-            aux = None if i == 0 else (C, hw[i - 1], hw[i - 1])
-            # stage 1 downsamples first (cheap), stage 2 last (as the reference), others never
-            rs = [-1 if (i == 0 and b == 0) or (i == 1 and b == B - 1) else 0 for b in range(B)]
-            hw_conv1 = [h] + [h // 2] * (B - 1) if i == 0 else ([h // 2] * B if i == 1 else [h // 4] * B)
-            q_paths.append(_Path([_ConvBlock(c_in if b == 0 else C, C, k[i], rs[b], act, aux, hw_conv1[b])
-                                  for b in range(B)]))
-            z_feat = i == 0
-            q_heads.append(_Head(_conv(C, 2 * m[0], 3), act) if z_feat else
-                           _Head(_WNLinear(C * (h // 4) * (w // 4), 2 * m[i]), act, flatten=True))
-            # generative stage i mirrors inference stage i
-            p_in = m[0] if i == 0 else C
-            if i >= 1:
-                p_proj.append(_Projection(m[i], (C, h // 4, w // 4)))
-            else:
-                p_proj.append(nn.Identity())
-            p_aux = None if i == L - 1 else (C, hw[i], hw[i])
-            rs_p = [-r for r in reversed(rs)]
-            hw_conv1 = [h // 2] * B if i == 0 else ([h // 4] + [h // 2] * (B - 1) if i == 1 else [h // 4] * B)
-            p_paths.append(_Path([_ConvBlock(p_in if b == 0 else C, C, k[i], rs_p[b], act, p_aux, hw_conv1[b])
-                                  for b in range(B)]))
-            if i < L - 1:
-                q_proj.append(nn.Identity() if i == 0 else _Projection(m[i], (C, h // 4, w // 4)))
-                p_heads.append(_Head(_conv(C, 2 * m[0], 3), act) if i == 0 else
-                               _Head(_WNLinear(C * (h // 4) * (w // 4), 2 * m[i]), act, flatten=True))
-        self._set_modules(q_paths, p_paths, q_heads, p_heads, q_proj, p_proj)
-        self.x_head = _Head(_conv(C, c_x, 3), act)
-
-    def _build_dense(self, act: nn.Module) -> None:
-        (D,), C, B, m = self.input_shape, self.channels, self.blocks_per_stage, self.latent_dims
-        Lin = nn.Linear if self.linear else _WNLinear
-        L = len(m)
-        self._latent_shapes = [(mi,) for mi in m]
-        q_paths, p_paths, q_heads, p_heads = [], [], [], []
-        q_out = []
-        for i in range(L):
-            d_in = D if i == 0 else m[i - 1]
-            aux = None if (i == 0 or B == 0) else q_out[i - 1]
-            q_paths.append(_Path([_DenseBlock(d_in if b == 0 else C, C, act, aux) for b in range(B)]))
-            q_out.append(C if B else d_in)
-            q_heads.append(_Head(Lin(q_out[i], 2 * m[i]), act))
-        p_out = [C if B else m[i] for i in range(L)]
-        for i in range(L):
-            p_aux = None if (i == L - 1 or B == 0) else p_out[i + 1]
-            p_paths.append(_Path([_DenseBlock(m[i] if b == 0 else C, C, act, p_aux) for b in range(B)]))
-            if i < L - 1:
-                p_heads.append(_Head(Lin(p_out[i + 1], 2 * m[i]), act))
-        ident = [nn.Identity() for _ in range(L)]
-        self._set_modules(q_paths, p_paths, q_heads, p_heads, ident[: L - 1], ident)
-        self.x_head = _Head(Lin(p_out[0], D), act)
-
-    def _set_modules(self, q_paths, p_paths, q_heads, p_heads, q_proj, p_proj) -> None:
-        self.q_paths, self.p_paths = nn.ModuleList(q_paths), nn.ModuleList(p_paths)
-        self.q_heads, self.p_heads = nn.ModuleList(q_heads), nn.ModuleList(p_heads)
-        self.q_proj, self.p_proj = nn.ModuleList(q_proj), nn.ModuleList(p_proj)
 
     # ------------------------------------------------------------- internals
     @property
@@ -595,10 +405,9 @@ class HierarchicalVAE(nn.Module):
 
         an unbiased estimate whose Monte Carlo variance falls as 1/m (the mean,
         not a log-mean-exp: the quantity stays the skip bound, not a tighter
-        bound). On the ``fmnist-hvae`` architecture after 4 epochs of training
-        (200 FashionMNIST test images, 4 draws each) the single-draw noise of
-        :math:`\mathcal{L}^{>1}` (sd 4.5 nats within an image) dominates that of
-        :math:`\mathcal{L}_4` (2.4), so averaging pays more than larger S.
+        bound). On trained image models (the ``fmnist-hvae`` architecture) the
+        single-draw noise of :math:`\mathcal{L}^{>1}` dominates that of
+        :math:`\mathcal{L}_S`, so a larger m lowers the noise of the ratio more than a larger S.
         :math:`\mathcal{L}^{>L}` (every latent at its prior mean) has no noise and
         is computed once. S + m L + 1 passes (m L + 1 when S = 1: the bound is then
         the first ELBO draw), the bottom features computed once.
