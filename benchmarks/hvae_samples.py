@@ -35,10 +35,10 @@ import torch
 from tqdm.auto import tqdm
 
 from dgmood import HVAELikelihoodRatioDetector
-from dgmood.backbones.training import resolve_device
-from dgmood.cli import _calibration_data
+from dgmood.backbones.device import resolve_device
 from dgmood.datasets import load_dataset
 from dgmood.metrics import auroc, bootstrap_ci
+from dgmood.pretrained import heldout_images
 
 BACKBONE = "pretrained:fmnist-hvae"
 ID, OOD = "fashion_mnist", "mnist"
@@ -65,12 +65,12 @@ def run_one(S: int, X_cal, X_id, X_ood, args) -> dict:
     t0 = time.perf_counter()
     comp_id, comp_ood = det.score_components(X_id), det.score_components(X_ood)
     score_s = time.perf_counter() - t0
-    # k="auto" from the same components, as dgmood.cli.run_benchmark (no second pass)
-    s_id = det._score_from_components(comp_id)
-    s_ood = det._score_from_components(comp_ood)
+    # k="auto" from the same components, as dgmood.benchmark.run_benchmark (no second pass)
+    s_id = det.score_from_components(comp_id)
+    s_ood = det.score_from_components(comp_ood)
     boot = {"n_boot": args.n_boot, "random_state": args.random_state}
     per_k = {
-        str(k): _auroc_with_ci(-comp_id[f"llr_{k}"], -comp_ood[f"llr_{k}"], **boot)
+        str(k): _auroc_with_ci(-comp_id["llr"][:, k], -comp_ood["llr"][:, k], **boot)
         for k in range(det.n_latent_layers_ + 1)
     }
     n_images = len(X_id) + len(X_ood)
@@ -149,8 +149,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
 
     t_start = time.perf_counter()
-    probe = HVAELikelihoodRatioDetector(backbone=BACKBONE)  # only names the backbone
-    X_cal = _calibration_data(probe, ID, args.n_cal, args.random_state)
+    X_cal = heldout_images(BACKBONE.split(":", 1)[1], args.n_cal, args.random_state)
     X_id, _ = load_dataset(ID, "test", n=args.n, random_state=args.random_state)
     X_ood, _ = load_dataset(OOD, "test", n=args.n, random_state=args.random_state)
     rows = [

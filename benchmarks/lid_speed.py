@@ -41,7 +41,6 @@ import torch
 from scipy.stats import spearmanr
 
 from dgmood.datasets import load_dataset
-from dgmood.detectors.lid_likelihood import encode_with_log_prob
 from dgmood.lid.jacobian import (
     count_from_quadrature,
     lid_from_singular_values,
@@ -49,18 +48,15 @@ from dgmood.lid.jacobian import (
     slq_quadrature,
 )
 from dgmood.metrics import auroc
-from dgmood.pretrained import load_pretrained
+from dgmood.pretrained import heldout_images, load_pretrained
 
 
 def _detector_timing(args, setting: dict) -> dict:
     """Fit the shipped-weights fast detector on held-out training images, time scoring ``score_n`` images."""
     from dgmood import LIDLikelihoodDetector
-    from dgmood.pretrained import REGISTRY
 
     torch.set_grad_enabled(True)  # as a user's session: the detector manages its own no_grad
-    X_train, _ = load_dataset("fashion_mnist", "train")
-    held = np.asarray(REGISTRY["fmnist-flow"].metadata()["heldout_train_indices"], dtype=int)
-    X_fit = X_train[np.sort(np.random.default_rng(0).choice(held, args.fit_n, replace=False))]
+    X_fit = heldout_images("fmnist-flow", args.fit_n, random_state=0)
     X_score, _ = load_dataset("fashion_mnist", "test", n=args.score_n, random_state=1)
     det = LIDLikelihoodDetector("pretrained:fmnist-flow", lid_method="fast", n_steps=setting["n_steps"],
                                 n_probes=args.n_probes, smoothing=setting["smoothing"], lid_target="pretrained",
@@ -108,7 +104,7 @@ def main(argv=None) -> int:
     X_ood, _ = load_dataset("mnist", "test", n=args.n, random_state=0)
     x = torch.as_tensor(np.r_[X_id, X_ood], dtype=torch.float32).reshape(-1, 1, 28, 28) / 255.0
     with torch.no_grad():
-        z = encode_with_log_prob(flow, x, torch.Generator().manual_seed(0))[0]
+        z = flow.encode_with_log_prob(x, torch.Generator().manual_seed(0), shared_noise=True)[0]
     D = z.shape[1]
 
     torch.set_grad_enabled(False)  # torch.func transforms still differentiate inside

@@ -11,21 +11,24 @@ Conventions (as :class:`sklearn.ensemble.IsolationForest`):
 backbone) to calibrate the detector and set ``offset_``; with a pretrained
 backbone (``"pretrained:<name>"``, or a module with ``max_epochs=0``) nothing
 is trained and all of ``X`` calibrates, so pass data the backbone never saw:
-``offset_`` is the ``contamination``-quantile of the held-out scores, so about
-that share of *new* in-distribution data is flagged. ``contamination="auto"``
+``offset_`` is :func:`~dgmood.thresholds.threshold_at_rate` of the held-out
+scores at ``contamination`` (at most that share of them falls below it), so
+about that share of *new* in-distribution data is flagged. ``contamination="auto"``
 is the documented fixed rate :data:`AUTO_CONTAMINATION` (1 %).
 
 Every random draw at scoring time (dequantization noise, binarization,
-importance samples) comes from generators seeded by ``random_state`` and is
-shared by all samples (common random numbers): a sample's score does not
-depend on the batch it is in, on the other samples, or on ``batch_size``.
+importance samples, probes) comes from generators seeded by ``random_state``
+and is shared by all samples (common random numbers), and the network always
+runs on batches of exactly ``batch_size`` rows (the last one padded): a
+sample's score, bit for bit, does not depend on how many rows it is scored
+with, which ones, or their order. ``batch_size`` itself is part of the
+computation: changing it may change the last bits (float32 round-off).
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -33,10 +36,13 @@ import torch
 from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted, check_memory, validate_data
+from sklearn.utils.validation import check_is_fitted, validate_data
 from tqdm.auto import tqdm
 
-from .backbones.training import resolve_device, train_module
+from .backbones.device import resolve_device
+from .backbones.fitting import fit_backbone
+from .backbones.protocols import check_backbone
+from .thresholds import threshold_at_rate
 
 __all__ = ["BaseDetector", "AUTO_CONTAMINATION"]
 
@@ -50,31 +56,21 @@ def _seed_from(random_state) -> int:
     return int(check_random_state(random_state).randint(2**31 - 1))
 
 
-def _train_state(builder_args, X, train_kwargs):
-    """Build a module from ``builder_args`` and train it; returns (CPU state_dict, history).
-
-    Module-level so that ``joblib.Memory`` can cache it (keyed by its arguments).
-    """
-    build, kwargs = builder_args
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(train_kwargs["random_state"])
-        module = build(**kwargs)
-        module, history = train_module(module, X, **train_kwargs)
-    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-    return state, history
-
-
 class BaseDetector(OutlierMixin, BaseEstimator):
-    """Shared validation, backbone training, batching, calibration and thresholds.
+    """Shared validation, backbone fitting, fixed-shape batching, calibration and thresholds.
 
-    Subclasses define ``__init__`` (storing parameters untouched) and:
+    Subclasses define ``__init__`` (storing parameters untouched), the class
+    attributes ``_backbone_names`` (names ``backbone=`` trains, see
+    :data:`~dgmood.backbones.fitting.BACKBONES`), ``_pretrained_kinds`` (shipped
+    kinds accepted) and ``_backbone_protocol`` (checked once in ``fit``), and:
 
-    * ``_build_backbone(n_features)`` -> ``(callable, kwargs)`` building a fresh
-      module (used when the backbone is trained), or rely on
-      ``backbone="pretrained:<name>"`` / an ``nn.Module`` instance;
-    * ``_batch_components(module, xb, generators)`` -> dict of per-sample tensors;
-    * optionally ``_finish_components(raw, fitting)`` turning them into 1-D components;
-    * ``_score_from_components(components)`` -> float64 scores (higher = ID);
+    * ``_batch_components(module, xb, generators, n_valid)`` -> dict of per-sample
+      tensors (first axis the batch) for one fixed-shape batch whose first
+      ``n_valid`` rows are real (the rest padding; a per-point computation may skip them);
+    * optionally ``_fit_raw(raw)``: a fit-time step on the held-out raw
+      quantities (e.g. calibrating LID's threshold), before they are finished;
+    * optionally ``_finish_components(raw)`` turning raw quantities into components;
+    * ``score_from_components(components)`` -> float64 scores (higher = ID);
     * optionally ``_calibrate(components)`` on the held-out fit data.
     """
 
@@ -94,7 +90,9 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         "verbose": ["verbose"],
     }
 
-    _pretrained_kind: str = ""  # which REGISTRY kind this detector accepts
+    _backbone_names: tuple[str, ...] = ()
+    _pretrained_kinds: frozenset[str] = frozenset()
+    _backbone_protocol: type | None = None
     _generator_streams = 1
 
     # ------------------------------------------------------------------ input
@@ -171,41 +169,27 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         return Xf.astype(np.float32)
 
     # ------------------------------------------------------------- backbone
-    def _build_backbone(self, n_features: int):  # pragma: no cover - abstract
-        raise NotImplementedError
+    def _backbone_params(self) -> dict:
+        """Architecture arguments of a named backbone (hook: a detector may fill in defaults)."""
+        return dict(self.backbone_params or {})
 
     def _fit_backbone(self, X_train: np.ndarray) -> None:
-        backbone = self.backbone
-        self.history_ = []
-        self.backbone_metadata_ = {}  # a refit on another backbone must not keep a shipped one's metadata
-        if isinstance(backbone, torch.nn.Module):
-            module = copy.deepcopy(backbone).cpu()  # never move the user's module
-            if self.max_epochs > 0:
-                module, self.history_ = self._train(module, X_train)
-            self.backbone_ = module.cpu().eval()
-            return
-        if backbone.startswith("pretrained:"):
-            from .pretrained import load_pretrained
-
-            name = backbone.split(":", 1)[1]
-            module, spec = load_pretrained(name)
-            if self._pretrained_kind and spec.kind != self._pretrained_kind:
-                raise ValueError(
-                    f"{type(self).__name__} needs a {self._pretrained_kind!r} backbone; "
-                    f"{backbone!r} is a {spec.kind!r}."
-                )
-            if tuple(spec.input_shape) != tuple(self.input_shape_):
-                raise ValueError(f"{backbone!r} expects input_shape {spec.input_shape}, got {self.input_shape_}.")
-            self.backbone_ = module.eval()
-            self.backbone_metadata_ = spec.metadata()
-            return
-        build, kwargs = self._build_backbone(X_train.shape[1])
-        train_kwargs = self._train_kwargs()
-        cached = check_memory(self.memory).cache(_train_state, ignore=[])
-        state, self.history_ = cached((build, kwargs), X_train, train_kwargs)
-        module = build(**kwargs)
-        module.load_state_dict(state)
-        self.backbone_ = module.eval()
+        fitted = fit_backbone(
+            self.backbone,
+            X_train,
+            input_shape=self.input_shape_,
+            params=self._backbone_params(),
+            train_kwargs=self._train_kwargs(),
+            names=self._backbone_names,
+            pretrained_kinds=self._pretrained_kinds,
+            memory=self.memory,
+            who=type(self).__name__,
+        )
+        self.backbone_, self.history_ = fitted.module, fitted.history
+        # a refit on another backbone must not keep a shipped one's metadata
+        self.backbone_metadata_ = fitted.metadata
+        if self._backbone_protocol is not None:
+            check_backbone(self.backbone_, self._backbone_protocol, type(self).__name__)
 
     def _train_kwargs(self) -> dict:
         return dict(
@@ -213,7 +197,7 @@ class BaseDetector(OutlierMixin, BaseEstimator):
             max_epochs=self.max_epochs,
             lr=self.lr,
             batch_size=self.batch_size,
-            device=self._device(),
+            device=resolve_device(self.device),
             validation_fraction=0.1,
             patience=5,
             verbose=int(self.verbose),
@@ -222,26 +206,15 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         )
 
     def _extra_train_kwargs(self) -> dict:
+        """Hook: extra training arguments for a user's module (a named family brings its own)."""
         return {}
-
-    def _train(self, module, X_train):
-        with torch.random.fork_rng(devices=[]):
-            module, history = train_module(module, X_train, **self._train_kwargs())
-        return module.cpu(), history
-
-    def _device(self) -> torch.device:
-        return resolve_device(self.device)
 
     def _scoring_module(self) -> tuple[torch.nn.Module, torch.device]:
         """The fitted backbone on the scoring device (a cached copy off the CPU).
 
         A detector fitted on a GPU and loaded on a CPU-only machine scores on the CPU.
         """
-        try:
-            device = resolve_device(self.device)
-        except ValueError:
-            warnings.warn(f"device={self.device!r} is not available here; scoring on the CPU.")
-            device = torch.device("cpu")
+        device = resolve_device(self.device, fallback=True)
         if device.type == "cpu":
             return self.backbone_, device
         cache = getattr(self, "_module_cache", None)
@@ -277,12 +250,14 @@ class BaseDetector(OutlierMixin, BaseEstimator):
             X_train, X_cal = Xf[:0], Xf
         self._fit_backbone(X_train)
         self._prepare(X_train, X_cal)
-        components = self._components(X_cal, fitting=True)
+        raw = self._raw_components(X_cal)
+        self._fit_raw(raw)
+        components = self._checked(self._finish_components(raw))
         self._calibrate(components)
         scores = self._heldout_scores(components)
         self.calibration_scores_ = scores
         rate = AUTO_CONTAMINATION if self.contamination == "auto" else float(self.contamination)
-        self.offset_ = float(np.quantile(scores, rate))
+        self.offset_ = threshold_at_rate(scores, rate)
         return self
 
     def _trains_backbone(self) -> bool:
@@ -294,10 +269,13 @@ class BaseDetector(OutlierMixin, BaseEstimator):
     def _prepare(self, X_train: np.ndarray, X_cal: np.ndarray) -> None:
         """Hook: fit detector settings that scoring needs, before the held-out slice is scored."""
 
+    def _fit_raw(self, raw: dict[str, np.ndarray]) -> None:
+        """Hook: fit-time step on the held-out raw quantities (e.g. a threshold), before finishing."""
+
     def _heldout_scores(self, components: dict[str, np.ndarray]) -> np.ndarray:
         """Hook: scores of the held-out points that set ``offset_``. Default: scored as any
         new point; a rule fitted on these very points overrides it (leave-one-out)."""
-        return self._score_from_components(components)
+        return self.score_from_components(components)
 
     def _calibrate(self, components: dict[str, np.ndarray]) -> None:
         """Hook: fit detector-level statistics on held-out in-distribution components."""
@@ -308,18 +286,38 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         return [torch.Generator(device=device).manual_seed(seed + 7919 * i) for i in range(self._generator_streams)]
 
     @torch.no_grad()
-    def _components(self, Xf: np.ndarray, fitting: bool = False) -> dict[str, np.ndarray]:
-        """Per-sample components of ``Xf``, computed in batches then finished by the subclass."""
+    def _raw_components(self, Xf: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-sample raw quantities of ``Xf``, computed on fixed-shape batches.
+
+        Every batch the network sees has exactly ``batch_size`` rows: the last
+        one is padded with copies of its last row, whose outputs are dropped.
+        Kernels round differently for different batch shapes (a GEMV for one
+        row, another blocking for 7), so a fixed shape, fresh generators per
+        batch seeded by ``random_state`` and noise shared by the batch make a
+        sample's bits independent of how many rows it came with, which rows
+        those were and their order. Scoring fewer than ``batch_size`` rows still
+        costs one full batch.
+        """
         module, device = self._scoring_module()
-        shape = self.input_shape_
+        shape, size = self.input_shape_, int(self.batch_size)
         out: dict[str, list[np.ndarray]] = {}
-        starts = range(0, len(Xf), self.batch_size)
+        starts = range(0, len(Xf), size)
         for start in tqdm(starts, disable=not self.verbose, desc=f"{type(self).__name__} scoring", leave=False):
-            xb = torch.as_tensor(Xf[start : start + self.batch_size], device=device).reshape(-1, *shape)
-            parts = self._batch_components(module, xb, self._generators(device))
+            chunk = Xf[start : start + size]
+            n = len(chunk)
+            if n < size:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - n, axis=0)])
+            xb = torch.as_tensor(chunk, device=device).reshape(-1, *shape)
+            parts = self._batch_components(module, xb, self._generators(device), n)
             for key, value in parts.items():
-                out.setdefault(key, []).append(value.detach().to("cpu", torch.float64).numpy())
-        components = self._finish_components({k: np.concatenate(v) for k, v in out.items()}, fitting)
+                out.setdefault(key, []).append(value[:n].detach().to("cpu", torch.float64).numpy())
+        return {k: np.concatenate(v) for k, v in out.items()}
+
+    def _components(self, Xf: np.ndarray) -> dict[str, np.ndarray]:
+        return self._checked(self._finish_components(self._raw_components(Xf)))
+
+    @staticmethod
+    def _checked(components: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         for key, value in components.items():
             if not np.all(np.isfinite(value)):
                 raise FloatingPointError(
@@ -328,19 +326,36 @@ class BaseDetector(OutlierMixin, BaseEstimator):
                 )
         return components
 
-    def _batch_components(self, module, xb, generators) -> dict[str, torch.Tensor]:  # pragma: no cover
+    def _batch_components(self, module, xb, generators, n_valid) -> dict[str, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError
 
-    def _finish_components(self, raw: dict[str, np.ndarray], fitting: bool) -> dict[str, np.ndarray]:
-        """Hook: turn the concatenated batch outputs into the components (``fitting``: the held-out
-        slice during ``fit``, before ``_calibrate``). Default: unchanged."""
+    def _finish_components(self, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Hook: turn the concatenated batch outputs into the components. Default: unchanged."""
         return raw
+
+    def score_from_components(self, components: dict[str, np.ndarray]) -> np.ndarray:
+        """Scores (higher = more in-distribution) from :meth:`score_components`' output.
+
+        ``score_samples(X) == score_from_components(score_components(X))``: score
+        once, then combine components again without touching the backbone.
+        """
+        check_is_fitted(self)
+        return np.asarray(self._score_from_components(components), dtype=np.float64)
 
     def _score_from_components(self, components: dict[str, np.ndarray]) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError
 
+    def benchmark_fields(self, components_id: dict, components_ood: dict) -> dict:
+        """Diagnostics for a benchmark report: e.g. the AUROC of each component alone.
+
+        Takes :meth:`score_components` of in-distribution and OOD data; returns a
+        JSON-ready dict. Default: nothing.
+        """
+        return {}
+
     def score_components(self, X) -> dict[str, np.ndarray]:
-        """Per-sample components of the score (e.g. ``log_prob``, ``lid``), float64 arrays."""
+        """Per-sample components of the score (e.g. ``log_prob``, ``lid``), float64 arrays
+        whose first axis is the sample."""
         check_is_fitted(self)
         return self._components(self._validate_X(X, reset=False))
 
@@ -351,9 +366,7 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         -------
         scores : ndarray of shape (n_samples,), float64
         """
-        check_is_fitted(self)
-        components = self._components(self._validate_X(X, reset=False))
-        return np.asarray(self._score_from_components(components), dtype=np.float64)
+        return self.score_from_components(self.score_components(X))
 
     def decision_function(self, X) -> np.ndarray:
         """``score_samples(X) - offset_``: negative for predicted out-of-distribution samples."""

@@ -149,8 +149,8 @@ def plot_llr_per_k(
     r"""Histograms of a hierarchical VAE's :math:`LLR^{>k}`, one panel per k = 0 .. L.
 
     ``components_id`` and ``components_ood`` are
-    :meth:`~dgmood.HVAELikelihoodRatioDetector.score_components` outputs; their
-    ``"llr_0"`` ... ``"llr_L"`` entries are plotted (density histograms, shared
+    :meth:`~dgmood.HVAELikelihoodRatioDetector.score_components` outputs; the
+    columns k = 0 .. L of their ``"llr"`` matrices (n, L + 1) are plotted (density histograms, shared
     bins per panel between the 0.5th and 99.5th percentiles of both sets, values
     outside clipped into the end bins). Each panel's title holds the AUROC of
     the single-k score :math:`-LLR^{>k}` (OOD positive,
@@ -163,15 +163,20 @@ def plot_llr_per_k(
     """
     from .metrics import auroc
 
-    ks = sorted(int(key[4:]) for key in components_id if key.startswith("llr_"))
-    if not ks or ks != list(range(len(ks))):
+    mats = []
+    for name, comp in (("components_id", components_id), ("components_ood", components_ood)):
+        llr = np.asarray(comp["llr"], float) if "llr" in comp else None
+        if llr is None or llr.ndim != 2 or llr.shape[1] < 1:
+            got = "no 'llr'" if llr is None else f"'llr' of shape {llr.shape}"
+            raise ValueError(
+                f"{name} needs an 'llr' matrix of shape (n, L + 1) (as score_components returns); got {got}."
+            )
+        mats.append(llr)
+    if mats[0].shape[1] != mats[1].shape[1]:
         raise ValueError(
-            "components_id needs llr_0 .. llr_L (as score_components returns); "
-            f"got {sorted(components_id)}."
+            f"components_id and components_ood have {mats[0].shape[1]} and {mats[1].shape[1]} llr columns."
         )
-    missing = [f"llr_{k}" for k in ks if f"llr_{k}" not in components_ood]
-    if missing:
-        raise ValueError(f"components_ood lacks {missing}.")
+    ks = list(range(mats[0].shape[1]))
     if axes is None:
         import matplotlib
 
@@ -195,8 +200,7 @@ def plot_llr_per_k(
             )
         fig = axes[0].figure
     for k, ax in zip(ks, axes):
-        llr_id = np.asarray(components_id[f"llr_{k}"], float)
-        llr_ood = np.asarray(components_ood[f"llr_{k}"], float)
+        llr_id, llr_ood = mats[0][:, k], mats[1][:, k]
         both = np.r_[llr_id, llr_ood]
         lo, hi = np.percentile(both, 0.5), np.percentile(both, 99.5)
         if not hi > lo:  # e.g. LLR^{>0} == 0 for every point when S == 1

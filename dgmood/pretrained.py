@@ -15,15 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
-__all__ = ["PretrainedSpec", "REGISTRY", "build_module", "load_pretrained", "weights_dir"]
+__all__ = ["PretrainedSpec", "REGISTRY", "build_module", "load_pretrained", "heldout_images", "sha256"]
 
 _WEIGHTS = Path(__file__).parent / "weights"
-
-
-def weights_dir() -> Path:
-    return _WEIGHTS
 
 
 def _image_flow(**kw):
@@ -43,7 +40,7 @@ class PretrainedSpec:
     """What a shipped backbone is: its kind, architecture and the data it saw."""
 
     name: str
-    kind: str  # "flow" | "hvae"
+    kind: str  # "flow" | "hvae": which protocol it follows (see dgmood.backbones.protocols)
     builder: Callable[..., torch.nn.Module]
     kwargs: dict[str, Any] = field(default_factory=dict)
     dataset: str = "fashion_mnist"
@@ -128,3 +125,28 @@ def load_pretrained(name: str) -> tuple[torch.nn.Module, PretrainedSpec]:
     module.load_state_dict(state)
     module.eval()
     return module, spec
+
+
+def heldout_images(name: str, n: int | None = None, random_state: int | None = 0) -> np.ndarray:
+    """In-distribution images that the shipped backbone ``name`` never saw in training.
+
+    Each shipped backbone holds out part of its training set
+    (``heldout_train_indices`` in its metadata): the right data to calibrate a
+    detector on, since a threshold set on images the model was trained on is
+    biased. Returns ``min(n, available)`` of them (all when ``n`` is None),
+    drawn without replacement by ``numpy.random.default_rng(random_state)``, in
+    index order, as a uint8 array of shape ``(n, prod(input_shape))``.
+    """
+    from .datasets import load_dataset
+
+    spec = _spec(name)
+    idx = np.asarray(spec.metadata().get("heldout_train_indices", []), dtype=int)
+    if len(idx) == 0:
+        raise ValueError(f"{spec.metadata_path} records no held-out training images (heldout_train_indices).")
+    if n is not None:
+        if int(n) < 1:
+            raise ValueError(f"n must be a positive number of images, got {n}.")
+        rng = np.random.default_rng(random_state)
+        idx = np.sort(rng.choice(idx, min(int(n), len(idx)), replace=False))
+    X_train, _ = load_dataset(spec.dataset, "train")
+    return X_train[idx]

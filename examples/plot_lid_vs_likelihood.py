@@ -27,13 +27,11 @@ came from held-out FashionMNIST images only.
 import numpy as np
 
 from dgmood.datasets import load_dataset
-from dgmood.pretrained import REGISTRY
+from dgmood.pretrained import heldout_images
 
 X_fmnist, _ = load_dataset("fashion_mnist", "test", n=100, random_state=0)
 X_mnist, _ = load_dataset("mnist", "test", n=100, random_state=0)
-heldout = np.asarray(REGISTRY["fmnist-flow"].metadata()["heldout_train_indices"])
-X_train, _ = load_dataset("fashion_mnist", "train")
-X_cal = X_train[np.sort(np.random.default_rng(0).choice(heldout, size=150, replace=False))]
+X_cal = heldout_images("fmnist-flow", 150, random_state=0)
 
 # %%
 # Fit the detector

@@ -34,12 +34,9 @@ X_mnist, _ = load_dataset("mnist", "test", n=1000, random_state=0)
 # its training. The detector calibrates on some of them, which keeps the test
 # images free for evaluation.
 
-from dgmood.pretrained import REGISTRY
+from dgmood.pretrained import heldout_images
 
-heldout = np.asarray(REGISTRY["fmnist-flow"].metadata()["heldout_train_indices"])
-X_train, _ = load_dataset("fashion_mnist", "train")
-rng = np.random.default_rng(0)
-X_cal = X_train[np.sort(rng.choice(heldout, size=1000, replace=False))]
+X_cal = heldout_images("fmnist-flow", 1000, random_state=0)
 
 # %%
 # Fit the detector

@@ -39,12 +39,9 @@ X_mnist, _ = load_dataset("mnist", "test", n=200, random_state=0)
 # The backbone's metadata lists the FashionMNIST *training* images held out
 # from its training; 300 of them calibrate the detector.
 
-from dgmood.pretrained import REGISTRY
+from dgmood.pretrained import heldout_images
 
-heldout = np.asarray(REGISTRY["fmnist-hvae"].metadata()["heldout_train_indices"])
-X_train, _ = load_dataset("fashion_mnist", "train")
-rng = np.random.default_rng(0)
-X_cal = X_train[np.sort(rng.choice(heldout, size=300, replace=False))]
+X_cal = heldout_images("fmnist-hvae", 300, random_state=0)
 
 # %%
 # Fit the detector
@@ -86,8 +83,7 @@ from dgmood.detectors.hvae_llr import fisher_llr_score
 
 def auto_score(comp):
     ks = det.auto_ks_
-    llr = np.column_stack([comp[f"llr_{k}"] for k in ks])
-    return fisher_llr_score(llr, det.llr_center_[ks], det.llr_scale_[ks])
+    return fisher_llr_score(comp["llr"][:, ks], det.llr_center_[ks], det.llr_scale_[ks])
 
 
 s_fmnist, s_mnist = auto_score(comp_fmnist), auto_score(comp_mnist)
@@ -108,7 +104,7 @@ print(
 )
 for k in range(L + 1):
     print(
-        f"-LLR^>{k}        : {auroc(-comp_fmnist[f'llr_{k}'], -comp_mnist[f'llr_{k}']):.3f}"
+        f"-LLR^>{k}        : {auroc(-comp_fmnist['llr'][:, k], -comp_mnist['llr'][:, k]):.3f}"
     )
 print(f"k='auto'        : {auroc(s_fmnist, s_mnist):.3f}")
 

@@ -26,7 +26,7 @@ def main(argv=None):
     from dgmood import LIDLikelihoodDetector
     from dgmood.datasets import load_dataset
     from dgmood.lid.lpca import lpca_lid
-    from dgmood.pretrained import REGISTRY
+    from dgmood.pretrained import REGISTRY, heldout_images
 
     defaults = {k: v.default for k, v in inspect.signature(LIDLikelihoodDetector).parameters.items()}
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -41,12 +41,11 @@ def main(argv=None):
 
     spec = REGISTRY[args.name]
     meta = spec.metadata()
-    idx = np.asarray(meta["heldout_train_indices"], dtype=int)
     rng = np.random.default_rng(args.seed)
-    if args.n_reference:
-        idx = np.sort(rng.choice(idx, args.n_reference, replace=False))
-    X, _ = load_dataset(spec.dataset, "train")
-    X_ref = X[idx].reshape(len(idx), -1)
+    if args.n_reference:  # drawn with its own generator seeded by --seed, as heldout_images does
+        X_ref = heldout_images(args.name, args.n_reference, random_state=rng)
+    else:
+        X_ref = heldout_images(args.name)
     queries = X_ref[np.sort(rng.choice(len(X_ref), min(args.n_queries, len(X_ref)), replace=False))]
     t0 = time.time()
     lid = lpca_lid(queries, X_ref, n_neighbors=args.n_neighbors, alpha=args.alpha, exclude_self=True)

@@ -10,9 +10,11 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from dgmood import HVAELikelihoodRatioDetector
 from dgmood.datasets import load_dataset, load_digits, load_fashion_mnist
-from dgmood.detectors.hvae_llr import auto_ks, fisher_llr_score, hvae_schedules, robust_location_scale
+from dgmood.backbones.schedules import hvae_schedules
+from dgmood.detectors.hvae_llr import auto_ks, fisher_llr_score, robust_location_scale
 from dgmood.metrics import auroc
 from dgmood.pretrained import REGISTRY
+from dgmood.thresholds import threshold_at_rate
 
 from .test_estimator_checks import expected_failed_checks
 
@@ -76,12 +78,13 @@ def test_auto_statistics_come_from_the_held_out_slice_only(auto_detector, X_id):
     held_out = X_id[check_random_state(det.seed_).permutation(n)[:n_cal]]
     comps = det.score_components(held_out)
     L = det.n_latent_layers_
-    center, scale = robust_location_scale(np.column_stack([comps[f"llr_{k}"] for k in range(L + 1)]))
+    assert comps["llr"].shape == (len(held_out), L + 1)
+    center, scale = robust_location_scale(comps["llr"])
     np.testing.assert_allclose(det.llr_center_, center, rtol=1e-12)
     np.testing.assert_allclose(det.llr_scale_, scale, rtol=1e-12)
     np.testing.assert_array_equal(det.auto_ks_, np.arange(1, L))
     np.testing.assert_allclose(det.calibration_scores_, det.score_samples(held_out), rtol=1e-12)
-    assert det.offset_ == pytest.approx(np.quantile(det.score_samples(held_out), 0.01))
+    assert det.offset_ == threshold_at_rate(det.score_samples(held_out), 0.01)
 
 
 def test_auto_never_reads_ood_data(auto_detector, X_id):
@@ -149,10 +152,11 @@ def test_int_k_scores_minus_llr_k(X_id):
     for k in (0, 1, 2):
         det = _tiny(k=k).fit(X_id[:200])
         comps = det.score_components(X_id[:50])
-        np.testing.assert_array_equal(det.score_samples(X_id[:50]), -comps[f"llr_{k}"])
+        np.testing.assert_array_equal(det.score_samples(X_id[:50]), -comps["llr"][:, k])
         assert det.auto_ks_.size == 0
-    assert sorted(comps) == ["elbo_bound", "llr_0", "llr_1", "llr_2", "skip_0", "skip_1", "skip_2"]
-    np.testing.assert_allclose(comps["llr_1"], comps["elbo_bound"] - comps["skip_1"], rtol=1e-12)
+    assert sorted(comps) == ["elbo_bound", "llr", "skip"]
+    assert comps["llr"].shape == comps["skip"].shape == (50, 3)
+    np.testing.assert_allclose(comps["llr"], comps["elbo_bound"][:, None] - comps["skip"], rtol=1e-12)
 
 
 def test_k_out_of_range_and_auto_without_middle_layers(X_id):
@@ -259,6 +263,6 @@ def test_pretrained_fmnist_hvae_detects_mnist():
     det = HVAELikelihoodRatioDetector("pretrained:fmnist-hvae", n_samples=2, random_state=0).fit(X_fit)
     assert det.n_latent_layers_ == 3 and det.history_ == [] and len(det.calibration_scores_) == 200
     c_id, c_ood = det.score_components(X_id), det.score_components(X_ood)
-    assert auroc(-c_id["llr_1"], -c_ood["llr_1"]) > 0.8
+    assert auroc(-c_id["llr"][:, 1], -c_ood["llr"][:, 1]) > 0.8
     assert auroc(c_id["elbo_bound"], c_ood["elbo_bound"]) < 0.4
     assert auroc(det.score_samples(X_id), det.score_samples(X_ood)) > 0.85  # k="auto"

@@ -19,10 +19,10 @@ def _components(n, shift, seed):
     """Synthetic score_components output: llr_k grows with k, OOD shifted up at k=1, 2."""
     rng = np.random.default_rng(seed)
     comp = {"elbo_bound": rng.normal(-230.0, 5.0, n)}
-    for k in range(L + 1):
-        comp[f"llr_{k}"] = rng.normal(10.0 * k + shift * (k in (1, 2)), 3.0, n)
-        comp[f"skip_{k}"] = comp["elbo_bound"] - comp[f"llr_{k}"]
-    comp["llr_0"] = np.zeros(n)  # S = 1: LLR^{>0} is identically 0 (a degenerate panel)
+    llr = np.column_stack([rng.normal(10.0 * k + shift * (k in (1, 2)), 3.0, n) for k in range(L + 1)])
+    llr[:, 0] = 0.0  # S = 1: LLR^{>0} is identically 0 (a degenerate panel)
+    comp["llr"] = llr
+    comp["skip"] = comp["elbo_bound"][:, None] - llr
     return comp
 
 
@@ -33,7 +33,7 @@ def components():
 
 def _expected_auroc(c_id, c_ood, k):
     """AUROC of -LLR^{>k} with OOD as the positive class, straight from sklearn."""
-    a, b = c_id[f"llr_{k}"], c_ood[f"llr_{k}"]
+    a, b = c_id["llr"][:, k], c_ood["llr"][:, k]
     y = np.r_[np.zeros(len(a)), np.ones(len(b))]
     return roc_auc_score(y, np.r_[a, b])  # high LLR = OOD
 
@@ -78,7 +78,7 @@ def test_given_axes_and_saved_png(components, tmp_path):
 
 def test_rejects_components_without_llr(components):
     c_id, c_ood = components
-    with pytest.raises(ValueError, match="llr_0"):
+    with pytest.raises(ValueError, match="components_id needs an 'llr' matrix"):
         plot_llr_per_k({"log_prob": np.zeros(3)}, c_ood)
-    with pytest.raises(ValueError, match="llr_3"):
-        plot_llr_per_k(c_id, {k: v for k, v in c_ood.items() if k != "llr_3"})
+    with pytest.raises(ValueError, match="4 and 3 llr columns"):
+        plot_llr_per_k(c_id, {**c_ood, "llr": c_ood["llr"][:, :3]})

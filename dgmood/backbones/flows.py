@@ -36,6 +36,7 @@ __all__ = [
     "dequantize",
     "bits_per_dim",
     "standard_normal_logpdf",
+    "flow_spec",
 ]
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -365,6 +366,13 @@ class ImageFlow(nn.Module):
         z, logdet = self.encode_with_logdet(v)
         return standard_normal_logpdf(z) + logdet
 
+    def encode_with_log_prob(
+        self, x: torch.Tensor, generator: torch.Generator | None = None, shared_noise: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(z, log p(v))`` of the dequantized pixels ``v`` of ``x`` (one dequantization, one pass)."""
+        z, logdet = self.encode_with_logdet(dequantize(x, generator, shared_noise))
+        return z, standard_normal_logpdf(z) + logdet
+
     def log_prob(
         self, x: torch.Tensor, generator: torch.Generator | None = None, shared_noise: bool = False
     ) -> torch.Tensor:
@@ -372,7 +380,7 @@ class ImageFlow(nn.Module):
 
         ``shared_noise``: one dequantization noise image for the whole batch (see :func:`dequantize`).
         """
-        return self.log_prob_dequantized(dequantize(x, generator, shared_noise))
+        return self.encode_with_log_prob(x, generator, shared_noise)[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Per-sample training loss: ``-log p(v)`` with fresh dequantization noise."""
@@ -415,6 +423,13 @@ class TabularFlow(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.flow.inverse(z)
 
+    def encode_with_log_prob(
+        self, x: torch.Tensor, generator: torch.Generator | None = None, shared_noise: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(z, log p(x))``; deterministic (``generator``, ``shared_noise`` kept for the protocol)."""
+        z, logdet = self.encode_with_logdet(x)
+        return z, standard_normal_logpdf(z) + logdet
+
     def log_prob(
         self, x: torch.Tensor, generator: torch.Generator | None = None, shared_noise: bool = False
     ) -> torch.Tensor:
@@ -422,8 +437,7 @@ class TabularFlow(nn.Module):
 
         Deterministic: ``generator`` and ``shared_noise`` are accepted for a common interface.
         """
-        z, logdet = self.encode_with_logdet(x)
-        return standard_normal_logpdf(z) + logdet
+        return self.encode_with_log_prob(x)[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return -self.log_prob(x)
@@ -432,3 +446,14 @@ class TabularFlow(nn.Module):
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         device = next(self.parameters()).device
         return self.decode(torch.randn(n, self.n_dims, generator=generator, device=device))
+
+
+def flow_spec(input_shape: tuple[int, ...], params: dict | None = None) -> tuple[type, dict]:
+    """``(class, kwargs)`` of the flow for ``input_shape``: :class:`ImageFlow` for (C, H, W),
+    :class:`TabularFlow` for (D,); ``params`` are architecture arguments (e.g. ``{"hidden": 64}``)."""
+    params = dict(params or {})
+    if len(input_shape) == 3:
+        return ImageFlow, dict(input_shape=tuple(int(s) for s in input_shape), **params)
+    if len(input_shape) == 1:
+        return TabularFlow, dict(n_features=int(input_shape[0]), **params)
+    raise ValueError(f"A flow needs input_shape (C, H, W) or (D,), got {tuple(input_shape)}.")

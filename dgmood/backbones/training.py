@@ -22,10 +22,11 @@ from skorch.callbacks import (
     EarlyStopping,
     GradientNormClipping,
     LoadInitState,
-    LRScheduler,
     ProgressBar,
 )
 from skorch.dataset import ValidSplit
+
+from .device import resolve_device
 
 __all__ = [
     "UnsupervisedNet",
@@ -34,18 +35,6 @@ __all__ = [
     "train_module",
     "resolve_device",
 ]
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available else CPU; any other value through ``torch.device``."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was asked for but CUDA is not available; use 'cpu' or 'auto'.")
-    return dev
 
 
 class UnsupervisedNet(NeuralNet):
@@ -155,7 +144,6 @@ def train_module(
     checkpoint_dir: str | Path | None = None,
     time_budget: float | None = None,
     schedules: dict[str, Callable[[float], float]] | None = None,
-    cosine_lr: bool = False,
     clip_grad_norm: float | None = 100.0,
     verbose: int = 0,
     random_state: int = 0,
@@ -175,7 +163,6 @@ def train_module(
     time_budget : seconds after which training stops at the end of an epoch.
     schedules : module attributes set from training progress
         (see :class:`ProgressSchedule`).
-    cosine_lr : cosine-anneal the learning rate to 0 over ``max_epochs``.
     verbose : 0 silent; 1 a progress bar per epoch and the epoch table.
 
     Returns
@@ -183,8 +170,7 @@ def train_module(
     module : the trained module (in eval mode, on ``device``).
     history : skorch's history as a list of per-epoch dicts (batches dropped).
     """
-    torch.manual_seed(random_state)
-    np.random.seed(random_state % (2**32))
+    torch.manual_seed(random_state)  # callers fork the RNG (torch.random.fork_rng); numpy's is untouched
     dev = resolve_device(device)
     data = _as_float_array(X, input_shape)
     use_valid = bool(validation_fraction) and len(data) >= 10
@@ -199,8 +185,6 @@ def train_module(
         callbacks.append(ProgressSchedule(schedules, time_budget))
     if time_budget:
         callbacks.append(TimeBudget(time_budget))
-    if cosine_lr:
-        callbacks.append(LRScheduler(policy="CosineAnnealingLR", T_max=max_epochs))
     done = 0
     if checkpoint_dir is not None:
         # every epoch (monitor=None), so a killed run resumes where it stopped

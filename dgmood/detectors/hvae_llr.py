@@ -17,7 +17,6 @@ combination of per-k tail p-values fitted on held-out in-distribution data
 
 from __future__ import annotations
 
-import functools
 from numbers import Integral
 
 import numpy as np
@@ -25,43 +24,16 @@ import torch
 from scipy.stats import norm
 from sklearn.utils._param_validation import Interval, StrOptions
 
+from ..backbones.protocols import SkipBoundModel
+from ..backbones.schedules import hvae_schedules
 from ..base import BaseDetector
+from ..metrics import auprc, auroc, fpr_at_tpr
 from ..thresholds import robust_location_scale
 
 __all__ = ["HVAELikelihoodRatioDetector", "fisher_llr_score", "robust_location_scale"]
 
 #: Robust z-scores are clipped here so that ``logsf(z)`` stays finite (it is ~ -z^2/2).
 _Z_CLIP = 1e100
-
-
-# ----------------------------------------------------------------- schedules
-def _beta_warmup(p: float) -> float:
-    """KL weight: linear 0 -> 1 over the first 20 % of training."""
-    return min(1.0, p / 0.2)
-
-
-def _free_bits_decay(p: float, nats: float) -> float:
-    """Free bits: ``nats`` for the first 20 % of training, then linearly to 0 at 40 %."""
-    return nats * (1.0 if p < 0.2 else max(0.0, 1.0 - (p - 0.2) / 0.2))
-
-
-def _free_bits_const(p: float, nats: float) -> float:
-    """Free bits held at ``nats`` for the whole run (``hvae_schedules(hold=True)``)."""
-    return nats
-
-
-def hvae_schedules(free_bits: float = 2.0, hold: bool = False) -> dict:
-    """The reference KL warm-up and free-bits schedule in fractions of training.
-
-    As ``scripts/train_pretrained.py`` (hvae-oodd's 1000-epoch schedule scaled to
-    any length): beta 0 -> 1 over the first 20 %; free bits constant for 20 %,
-    then linearly to 0 by 40 %; with ``hold=True`` the free bits never decay (for
-    short runs, where the decay lets the lowest latent collapse before the
-    decoder can use it). Module-level functions (``functools.partial``),
-    so a ``joblib.Memory`` cache can hash them.
-    """
-    fb = _free_bits_const if hold else _free_bits_decay
-    return {"beta": _beta_warmup, "free_bits": functools.partial(fb, nats=float(free_bits))}
 
 
 # ----------------------------------------------------------- k = "auto" rule
@@ -113,9 +85,7 @@ def auto_ks(n_latent_layers: int) -> np.ndarray:
     k = L is left out: :math:`\\mathcal{L}^{>L} = \\log p(x | z = \\text{prior means})`
     scores ``x`` against one fixed decoded template, so :math:`LLR^{>L}` still
     carries the raw likelihood and its paradox direction (simpler inputs such
-    as MNIST under a FashionMNIST model look *more* in-distribution: AUROC 0.21
-    on 2000 + 2000 test images for the shipped ``fmnist-hvae``, its
-    ``test_metrics``).
+    as MNIST under a FashionMNIST model look *more* in-distribution).
     """
     return np.arange(1, int(n_latent_layers), dtype=int)
 
@@ -124,9 +94,9 @@ class HVAELikelihoodRatioDetector(BaseDetector):
     r"""OOD detection by a hierarchical VAE's likelihood ratio :math:`LLR^{>k}` (Havtorn et al., 2021).
 
     Components per sample (:meth:`score_components`), in nats:
-    ``"elbo_bound"`` :math:`\mathcal{L}_S` (``n_samples`` importance samples),
-    ``"skip_k"`` :math:`\mathcal{L}^{>k}` and ``"llr_k"``
-    :math:`LLR^{>k} = \mathcal{L}_S - \mathcal{L}^{>k}` for k = 0 .. L.
+    ``"elbo_bound"`` (n,) :math:`\mathcal{L}_S` (``n_samples`` importance samples),
+    ``"skip"`` (n, L + 1) :math:`\mathcal{L}^{>k}` and ``"llr"`` (n, L + 1)
+    :math:`LLR^{>k} = \mathcal{L}_S - \mathcal{L}^{>k}`, column k for k = 0 .. L.
 
     ``score_samples`` (higher = more in-distribution):
 
@@ -146,8 +116,8 @@ class HVAELikelihoodRatioDetector(BaseDetector):
     backbone : "hvae", "pretrained:fmnist-hvae" or an ``nn.Module``
         ``"hvae"`` trains a :class:`~dgmood.backbones.hvae.HierarchicalVAE`
         (conv for ``input_shape`` (C, H, W), dense for tabular rows); a module
-        needs ``llr_scores(x, n_samples, generator, shared_noise, n_skip_samples)`` and
-        ``n_latent_layers``.
+        follows :class:`~dgmood.backbones.protocols.SkipBoundModel`
+        (``n_latent_layers``, ``elbo``, ``iwae``, ``llr_scores``), checked in ``fit``.
     backbone_params : dict, optional
         Arguments of :class:`~dgmood.backbones.hvae.HierarchicalVAE` (e.g.
         ``{"channels": 16, "latent_dims": (4, 2)}``). ``likelihood`` defaults
@@ -161,9 +131,8 @@ class HVAELikelihoodRatioDetector(BaseDetector):
         Draws m averaged in each skip bound :math:`\mathcal{L}^{>k}`, k < L
         (:meth:`~dgmood.backbones.hvae.HierarchicalVAE.llr_scores`): S + m L + 1
         passes per point (m L + 1 when S = 1). A single draw of :math:`\mathcal{L}^{>1}` is the
-        noisiest term of the ratio; on ``pretrained:fmnist-hvae`` (500 + 500 test
-        images, S = 16) the AUROC of :math:`-LLR^{>1}` rises with m: 0.920 (m = 1),
-        0.947 (2), 0.967 (4), 0.974 (8).
+        noisiest term of the ratio, so averaging m draws pays more than a
+        larger S (measured in the docs' HVAE page, ``benchmarks/hvae_samples.py``).
     input_shape : tuple, optional
         Shape of one image, e.g. (1, 28, 28); X stays flattened.
     data_range : {"auto", "uint8", "unit", "real"}
@@ -187,7 +156,9 @@ class HVAELikelihoodRatioDetector(BaseDetector):
     offset_, history_, calibration_scores_ : as :class:`~dgmood.LikelihoodDetector`.
     """
 
-    _pretrained_kind = "hvae"
+    _backbone_names = ("hvae",)
+    _pretrained_kinds = frozenset({"hvae"})
+    _backbone_protocol = SkipBoundModel
     _generator_streams = 2  # binarization, latent / importance samples
 
     _parameter_constraints = {
@@ -235,31 +206,20 @@ class HVAELikelihoodRatioDetector(BaseDetector):
         self.verbose = verbose
 
     # ------------------------------------------------------------- backbone
-    def _hvae_params(self) -> dict:
+    def _backbone_params(self) -> dict:
         params = dict(self.backbone_params or {})
         params.setdefault("likelihood", "gaussian" if self.data_range_ == "real" else "bernoulli")
+        if isinstance(self.backbone, str) and not self.backbone.startswith("pretrained:"):
+            self._check_likelihood(params["likelihood"])  # fail before training
+            if params.get("latent_dims") is not None:
+                self._check_k(len(params["latent_dims"]))
         return params
 
-    def _build_backbone(self, n_features: int):
-        if self.backbone != "hvae":
-            raise ValueError(
-                f"backbone must be 'hvae', 'pretrained:<name>' or an nn.Module, got {self.backbone!r}."
-            )
-        from ..backbones.hvae import HierarchicalVAE
-
-        params = self._hvae_params()
-        self._check_likelihood(params["likelihood"])
-        latent_dims = params.get("latent_dims")
-        if latent_dims is not None:
-            self._check_k(len(latent_dims))  # fail before training
-        return HierarchicalVAE, dict(input_shape=tuple(self.input_shape_), **params)
-
     def _extra_train_kwargs(self) -> dict:
+        """KL warm-up and free bits for a user's module (a named "hvae" brings its own)."""
         if isinstance(self.backbone, torch.nn.Module):
-            free_bits = float(getattr(self.backbone, "free_bits", 2.0))
-        else:
-            free_bits = float((self.backbone_params or {}).get("free_bits", 2.0))
-        return {"schedules": hvae_schedules(free_bits)}
+            return {"schedules": hvae_schedules(float(getattr(self.backbone, "free_bits", 2.0)))}
+        return {}
 
     def _check_likelihood(self, likelihood: str) -> None:
         if likelihood == "bernoulli" and self.data_range_ == "real":
@@ -284,11 +244,6 @@ class HVAELikelihoodRatioDetector(BaseDetector):
 
     def _prepare(self, X_train: np.ndarray, X_cal: np.ndarray) -> None:
         module = self.backbone_
-        if not hasattr(module, "llr_scores") or not hasattr(module, "n_latent_layers"):
-            raise ValueError(
-                f"{type(self).__name__} needs a hierarchical VAE with llr_scores() and n_latent_layers "
-                f"(as dgmood.backbones.hvae.HierarchicalVAE); got {type(module).__name__}."
-            )
         self._check_likelihood(getattr(module, "likelihood", "bernoulli"))
         self.n_latent_layers_ = int(module.n_latent_layers)
         self._check_k(self.n_latent_layers_)
@@ -298,7 +253,7 @@ class HVAELikelihoodRatioDetector(BaseDetector):
             self.backbone_ = module.double()
 
     # -------------------------------------------------------------- scoring
-    def _batch_components(self, module, xb, generators):
+    def _batch_components(self, module, xb, generators, n_valid):
         param = next(module.parameters(), None)
         if param is not None:
             xb = xb.to(param.dtype)
@@ -308,23 +263,33 @@ class HVAELikelihoodRatioDetector(BaseDetector):
             xb = binarize(xb, generators[0], shared_noise=True)
         out = module.llr_scores(xb, n_samples=int(self.n_samples), generator=generators[1], shared_noise=True,
                                 n_skip_samples=int(self.n_skip_samples))
-        parts = {"elbo_bound": out["elbo_bound"]}
-        for j in range(out["skip"].shape[1]):
-            parts[f"skip_{j}"] = out["skip"][:, j]
-        for j in range(out["llr"].shape[1]):
-            parts[f"llr_{j}"] = out["llr"][:, j]
-        return parts
-
-    def _llr_matrix(self, components: dict[str, np.ndarray], ks) -> np.ndarray:
-        return np.column_stack([components[f"llr_{j}"] for j in ks]).astype(np.float64)
+        return {"elbo_bound": out["elbo_bound"], "skip": out["skip"], "llr": out["llr"]}
 
     def _calibrate(self, components):
         L = self.n_latent_layers_
-        self.llr_center_, self.llr_scale_ = robust_location_scale(self._llr_matrix(components, range(L + 1)))
+        self.llr_center_, self.llr_scale_ = robust_location_scale(np.asarray(components["llr"], dtype=np.float64))
         self.auto_ks_ = auto_ks(L) if self.k == "auto" else np.array([], dtype=int)
 
     def _score_from_components(self, components):
+        llr = np.asarray(components["llr"], dtype=np.float64)
         if self.k != "auto":
-            return -np.asarray(components[f"llr_{int(self.k)}"], dtype=np.float64)
+            return -llr[:, int(self.k)]
         ks = self.auto_ks_
-        return fisher_llr_score(self._llr_matrix(components, ks), self.llr_center_[ks], self.llr_scale_[ks])
+        return fisher_llr_score(llr[:, ks], self.llr_center_[ks], self.llr_scale_[ks])
+
+    def benchmark_fields(self, components_id, components_ood):
+        """Per-k AUROC / AUPRC / FPR80 of :math:`-LLR^{>k}` and of the detector's own score,
+        the AUROC of the bound :math:`\\mathcal L_S` alone, S and m."""
+        def row(a, b):
+            return {"auroc": auroc(a, b), "auprc": auprc(a, b), "fpr80": fpr_at_tpr(a, b, 0.8)}
+
+        llr_id, llr_ood = np.asarray(components_id["llr"]), np.asarray(components_ood["llr"])
+        per_k = {str(k): row(-llr_id[:, k], -llr_ood[:, k]) for k in range(llr_id.shape[1])}
+        name = f"auto{list(map(int, self.auto_ks_))}" if self.k == "auto" else f"k={self.k}"
+        per_k[name] = row(self.score_from_components(components_id), self.score_from_components(components_ood))
+        return {
+            "per_k": per_k,
+            "likelihood_auroc": auroc(components_id["elbo_bound"], components_ood["elbo_bound"]),
+            "n_samples": self.n_samples,
+            "n_skip_samples": self.n_skip_samples,
+        }

@@ -25,33 +25,30 @@ import warnings
 from numbers import Integral, Real
 
 import numpy as np
-import torch
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 
-from ..backbones.flows import dequantize, standard_normal_logpdf
+from ..backbones.protocols import DensityModel, LatentFlow, check_backbone
 from ..base import BaseDetector
-from ..lid.jacobian import (
-    calibrate_log_tau,
-    count_from_quadrature,
-    lid_from_singular_values,
-    singular_values,
-    slq_quadrature,
-    soft_lid_from_singular_values,
-)
+from ..envelope import oracle_dual_auroc
+from ..lid.jacobian import JacobianLID
 from ..lid.lpca import lpca_lid
+from ..metrics import auroc
 from ..thresholds import DualThresholdRule, JointDensityRule
-from .likelihood import flow_builder
 
-__all__ = ["LIDLikelihoodDetector"]
+__all__ = ["LIDLikelihoodDetector", "LID_METHODS"]
 
 
-def encode_with_log_prob(module, xb: torch.Tensor, generator: torch.Generator):
-    """``(z, log p(x))`` per sample; image flows dequantize with noise shared over the batch."""
-    if hasattr(module, "log_prob_dequantized"):
-        xb = dequantize(xb, generator, shared=True)
-    z, logdet = module.encode_with_logdet(xb)
-    return z, standard_normal_logpdf(z) + logdet
+def _jacobian(method):
+    def make(det):
+        return JacobianLID(method, soft=det.count == "soft", n_probes=det.n_probes, n_steps=det.n_steps,
+                           smoothing=det.smoothing)
+
+    return make
+
+
+#: ``lid_method`` names and the estimator each builds from the detector's parameters.
+LID_METHODS = {"exact": _jacobian("exact"), "fast": _jacobian("fast")}
 
 
 class LIDLikelihoodDetector(BaseDetector):
@@ -59,15 +56,20 @@ class LIDLikelihoodDetector(BaseDetector):
 
     Parameters
     ----------
-    backbone : "flow", "pretrained:fmnist-flow" or a flow ``nn.Module``
-        (``encode_with_logdet`` and ``decode`` as :class:`~dgmood.backbones.flows.ImageFlow`).
-    lid_method : {"exact", "fast"}
-        "exact" (default): the full Jacobian (D vector-Jacobian products per point)
+    backbone : "flow", "pretrained:fmnist-flow" or an ``nn.Module``
+        A module follows the protocol its LID estimator asks for: for "exact"
+        and "fast", :class:`~dgmood.backbones.protocols.LatentFlow`
+        (``encode_with_log_prob``, ``decode``, ... as :class:`~dgmood.backbones.flows.ImageFlow`);
+        checked in ``fit``.
+    lid_method : {"exact", "fast"} or LIDEstimator, default="exact"
+        "exact": the full Jacobian (D vector-Jacobian products per point)
         and its singular values; "fast": stochastic Lanczos quadrature with
         ``n_probes`` probes x ``n_steps`` Golub-Kahan steps (``2 n_probes n_steps``
         products per point, independent of D), the hard count smoothed in
-        :math:`\log\sigma` by ``smoothing`` (:func:`~dgmood.lid.jacobian.count_from_quadrature`).
-        ``benchmarks/lid_speed.py`` measures its time and rank agreement against "exact".
+        :math:`\log\sigma` by ``smoothing`` (:func:`~dgmood.lid.jacobian.count_from_quadrature`),
+        a few times cheaper on the shipped flow at nearly the same ranking
+        (``benchmarks/lid_speed.py`` measures both; docs: "Local intrinsic dimension").
+        Or any :class:`~dgmood.lid.base.LIDEstimator` (names: :data:`LID_METHODS`).
     log_tau : "auto" or float
         Natural log of the singular-value threshold :math:`\tau`, in the space
         the decoder outputs ([0, 1] pixels for images). "auto": bisection so
@@ -81,10 +83,8 @@ class LIDLikelihoodDetector(BaseDetector):
         available). "pretrained": the local-PCA target recorded in a shipped
         backbone's metadata (``lid_calibration``, computed by
         ``scripts/lid_target.py`` on its 5000 held-out training images), for
-        fits on a few hundred images. On 150 + 150 test images (fast LID) the
-        deployable AUROC was 0.760 with local PCA of the 150 fit images
-        (target 133, log tau -2.36) and 0.957 with the 2000-image target 215
-        (log tau -3.36).
+        fits on a few hundred images, where local PCA would see too few
+        neighbours and aim too low.
     count : {"hard", "soft"}
         :math:`\#\{\sigma_i > \tau\}` or the tie-free :math:`\sum \sigma_i^2/(\sigma_i^2+\tau^2)`.
     rule : {"min-cdf", "joint"}
@@ -94,27 +94,26 @@ class LIDLikelihoodDetector(BaseDetector):
         threshold rule (:class:`~dgmood.thresholds.DualThresholdRule`), which
         rejects low values of either. "joint": log of a kernel density of the
         standardized (log p, LID) pairs (:class:`~dgmood.thresholds.JointDensityRule`),
-        which flags a pair unusual in any direction. On FashionMNIST the two
-        components are strongly anti-correlated (Spearman -0.78 on 300 held-out
-        images), so MNIST's high-likelihood, low-LID pairs lie along the ID
-        cloud's own tail: there "joint" scored AUROC 0.77 against 0.91 for
-        "min-cdf" (300 + 300 test images, fast LID, log tau -2.65).
-    n_probes, n_steps : int
-        Fast-method budget (defaults 1 and 35: 70 products per point). The
-        defaults and ``smoothing`` were chosen on FashionMNIST images only
-        (rank correlation and count error against the exact LID), never on
-        OOD data: in ``benchmarks/results/lid_speed.json`` (200 FashionMNIST
-        test images, log tau -3.44) the FashionMNIST-only Spearman correlation
-        with the exact count is 0.955 / 0.983 / 0.986 at 25 / 35 / 45 steps
-        (h = 0.5; 0.945 / 0.972 / 0.978 at h = 1), the mean absolute count error
-        35.6 / 19.4 / 13.1, at 0.086 / 0.109 / 0.126 of the exact method's
-        time (0.15 / 0.19 / 0.22 s per image on 2 CPU cores, batches of 64):
-        35 steps take most of the gain of 45 at 87 % of its cost.
+        which flags a pair unusual in any direction. Where the two components
+        are strongly anti-correlated (FashionMNIST), OOD pairs with high
+        likelihood and low LID lie along the ID cloud's own tail, and "joint"
+        ranks them worse than "min-cdf".
+    n_probes, n_steps : int, default=1, 35
+        Fast-method budget: 2 n_probes n_steps products per point. More steps
+        resolve the spectrum near tau better at a linear cost; the defaults
+        and ``smoothing`` were chosen on in-distribution images only (rank
+        agreement with the exact count, ``benchmarks/lid_speed.py``), never on
+        OOD data.
     smoothing : float
         Width :math:`h` of the Gaussian in :math:`\log\sigma` that smooths the
         fast hard count (0: the bare step); ignored by "exact" and ``count="soft"``.
     n_calibration : int
         Held-out points used to calibrate :math:`\tau`.
+    batch_size : int, default=64
+        Training batch size and the fixed shape of every scoring batch (fewer
+        rows are padded). The fast estimate traces the decoder once per batch,
+        so large batches amortize the trace; scoring a single row still costs
+        a whole batch.
     Other parameters as :class:`~dgmood.LikelihoodDetector`.
 
     Attributes
@@ -129,12 +128,13 @@ class LIDLikelihoodDetector(BaseDetector):
         Those pairs.
     """
 
-    _pretrained_kind = "flow"
-    _generator_streams = 2  # dequantization, Lanczos probes
+    _backbone_names = ("flow",)
+    _pretrained_kinds = frozenset({"flow"})
+    _generator_streams = 2  # dequantization, the LID estimator's draws (probes)
 
     _parameter_constraints = {
         **BaseDetector._parameter_constraints,
-        "lid_method": [StrOptions({"fast", "exact"})],
+        "lid_method": [StrOptions(set(LID_METHODS)), HasMethods(["raw", "count", "calibrate"])],
         "log_tau": [StrOptions({"auto"}), Real],
         "lid_target": [Interval(Real, 0, None, closed="neither"), StrOptions({"pretrained"}), None],
         "count": [StrOptions({"hard", "soft"})],
@@ -200,36 +200,43 @@ class LIDLikelihoodDetector(BaseDetector):
         self.random_state = random_state
         self.verbose = verbose
 
-    def _build_backbone(self, n_features: int):
-        return flow_builder(self)
+    # ------------------------------------------------------------ estimator
+    def _lid_estimator(self):
+        if isinstance(self.lid_method, str):
+            return LID_METHODS[self.lid_method](self)
+        return self.lid_method
 
-    # ------------------------------------------------------------ spectra
-    def _batch_components(self, module, xb, generators):
-        """log p and what the LID count needs: singular values (exact) or SLQ nodes/weights (fast).
+    def _batch_components(self, module, xb, generators, n_valid):
+        """log p and the LID estimator's raw quantities (counted later, for any tau).
 
-        The count itself is taken in :meth:`_finish_components`, so the held-out
-        spectra computed once in ``fit`` serve both the tau calibration and the ECDFs.
+        The held-out raw quantities computed once in ``fit`` serve both the tau
+        calibration and the rule; an estimator that works point by point sees
+        only the ``n_valid`` real rows.
         """
-        z, log_prob = encode_with_log_prob(module, xb, generators[0])
-        if self.lid_method == "exact":
-            return {"log_prob": log_prob, "sv": singular_values(module.decode, z)}
-        theta, weight = slq_quadrature(module.decode, z, self.n_probes, self.n_steps, generators[1])
-        return {"log_prob": log_prob, "theta": theta, "weight": weight}
+        estimator = self.lid_estimator_
+        z = None
+        if LatentFlow in getattr(estimator.protocol, "__mro__", ()):
+            z, log_prob = module.encode_with_log_prob(xb, generator=generators[0], shared_noise=True)
+        else:
+            log_prob = module.log_prob(xb, generator=generators[0], shared_noise=True)
+        rows = slice(0, n_valid) if estimator.per_point else slice(None)
+        raw = estimator.raw(module, xb[rows], generators[1:], z=None if z is None else z[rows])
+        return {"log_prob": log_prob, **{f"lid_raw_{k}": v for k, v in raw.items()}}
 
-    def _count(self, raw: dict, log_tau: float) -> torch.Tensor:
-        soft = self.count == "soft"
-        if self.lid_method == "exact":
-            sv = torch.as_tensor(raw["sv"])
-            return soft_lid_from_singular_values(sv, log_tau) if soft else lid_from_singular_values(sv, log_tau)
-        theta, weight = torch.as_tensor(raw["theta"]), torch.as_tensor(raw["weight"])
-        D = int(np.prod(self.input_shape_))
-        return count_from_quadrature(theta, weight, D, log_tau, soft, float(self.smoothing))
+    @staticmethod
+    def _estimator_raw(raw: dict) -> dict:
+        return {k[len("lid_raw_"):]: v for k, v in raw.items() if k.startswith("lid_raw_")}
 
-    def _finish_components(self, raw, fitting):
-        if fitting and self.log_tau == "auto":
-            subset = {k: v[self._calibration_subset(len(raw["log_prob"]))] for k, v in raw.items()}
-            self.log_tau_ = calibrate_log_tau(lambda t: self._count(subset, t), self.lid_target_)
-        return {"log_prob": raw["log_prob"], "lid": self._count(raw, self.log_tau_).numpy()}
+    def _fit_raw(self, raw):
+        """Calibrate tau on (at most ``n_calibration``) held-out points: an explicit fit-time step."""
+        if self.log_tau == "auto":
+            subset = self._calibration_subset(len(raw["log_prob"]))
+            est_raw = {k: v[subset] for k, v in self._estimator_raw(raw).items()}
+            self.log_tau_ = float(self.lid_estimator_.calibrate(est_raw, self.lid_target_))
+
+    def _finish_components(self, raw):
+        lid = self.lid_estimator_.count(self._estimator_raw(raw), self.log_tau_)
+        return {"log_prob": raw["log_prob"], "lid": np.asarray(lid, dtype=np.float64)}
 
     # ------------------------------------------------------------ fitting
     def _calibration_subset(self, n: int) -> np.ndarray:
@@ -237,6 +244,9 @@ class LIDLikelihoodDetector(BaseDetector):
         return check_random_state(self.seed_).choice(n, min(self.n_calibration, n), replace=False)
 
     def _prepare(self, X_train, X_cal):
+        self.lid_estimator_ = self._lid_estimator()
+        protocol = self.lid_estimator_.protocol or DensityModel
+        check_backbone(self.backbone_, protocol, f"{type(self).__name__}(lid_method={self.lid_method!r})")
         if self.log_tau != "auto":
             self.log_tau_, self.lid_target_ = float(self.log_tau), None
             return
@@ -286,3 +296,28 @@ class LIDLikelihoodDetector(BaseDetector):
 
     def _score_from_components(self, components):
         return self.rule_.score(np.c_[components["log_prob"], components["lid"]])
+
+    def benchmark_fields(self, components_id, components_ood):
+        """AUROC of each component alone, the oracle envelope (METHODS.md 4), every rule's
+        AUROC (each fitted on this detector's held-out pairs), tau and the LID settings."""
+        pairs_id = np.c_[components_id["log_prob"], components_id["lid"]]
+        pairs_ood = np.c_[components_ood["log_prob"], components_ood["lid"]]
+        rules = {}
+        for name, rule in (("min-cdf", DualThresholdRule()), ("joint", JointDensityRule())):
+            rule.fit(self.heldout_components_)
+            rules[name] = auroc(rule.score(pairs_id), rule.score(pairs_ood))
+        out = {
+            "likelihood_auroc": auroc(components_id["log_prob"], components_ood["log_prob"]),
+            "lid_auroc": auroc(components_id["lid"], components_ood["lid"]),
+            "oracle_auroc": oracle_dual_auroc(pairs_id, pairs_ood),
+            "log_tau": float(self.log_tau_),
+            "lid_target": self.lid_target_,
+            "lid_method": self.lid_method if isinstance(self.lid_method, str) else repr(self.lid_method),
+            "rule": self.rule,
+        }
+        if self.lid_method == "fast":
+            out.update(n_probes=self.n_probes, n_steps=self.n_steps, smoothing=self.smoothing)
+        out["rule_aurocs"] = rules
+        out["mean_lid_id"] = float(np.mean(components_id["lid"]))
+        out["mean_lid_ood"] = float(np.mean(components_ood["lid"]))
+        return out

@@ -14,33 +14,12 @@ r"""Likelihood baselines: :class:`LikelihoodDetector` and :class:`TypicalityDete
 from __future__ import annotations
 
 import numpy as np
-import torch
 
+from ..backbones.protocols import DensityModel
 from ..base import BaseDetector
+from ..metrics import auroc
 
 __all__ = ["LikelihoodDetector", "TypicalityDetector"]
-
-
-def flow_builder(detector) -> tuple:
-    """``(class, kwargs)`` of the flow a detector with ``backbone="flow"`` trains."""
-    if detector.backbone != "flow":
-        raise ValueError(
-            f"backbone must be 'flow', 'pretrained:<name>' or an nn.Module, got {detector.backbone!r}."
-        )
-    from ..backbones.flows import ImageFlow, TabularFlow
-
-    input_shape, params = detector.input_shape_, dict(detector.backbone_params or {})
-    if len(input_shape) == 3:
-        return ImageFlow, dict(input_shape=tuple(input_shape), **params)
-    return TabularFlow, dict(n_features=int(input_shape[0]), **params)
-
-
-def flow_log_prob(module, xb: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """``log p(x)`` (nats) per sample; image flows dequantize with shared noise from ``generator``."""
-    try:
-        return module.log_prob(xb, generator=generator, shared_noise=True)
-    except TypeError:  # a user's module without the shared-noise option
-        return module.log_prob(xb, generator=generator)
 
 
 class LikelihoodDetector(BaseDetector):
@@ -52,7 +31,9 @@ class LikelihoodDetector(BaseDetector):
     ----------
     backbone : "flow", "pretrained:fmnist-flow" or an ``nn.Module``
         ``"flow"`` trains an image flow (when ``input_shape`` is (C, H, W)) or a
-        tabular coupling flow; a module must have ``log_prob(x, generator=None)``.
+        tabular coupling flow; a module must follow
+        :class:`~dgmood.backbones.protocols.DensityModel` (``input_shape`` and
+        ``log_prob(x, generator=None, shared_noise=False)``), checked in ``fit``.
     backbone_params : dict, optional
         Architecture arguments of the flow (e.g. ``{"hidden": 64}``).
     input_shape : tuple, optional
@@ -81,7 +62,9 @@ class LikelihoodDetector(BaseDetector):
     calibration_scores_ : held-out scores used for ``offset_``
     """
 
-    _pretrained_kind = "flow"
+    _backbone_names = ("flow",)
+    _pretrained_kinds = frozenset({"flow"})
+    _backbone_protocol = DensityModel
 
     def __init__(
         self,
@@ -114,11 +97,12 @@ class LikelihoodDetector(BaseDetector):
         self.random_state = random_state
         self.verbose = verbose
 
-    def _build_backbone(self, n_features: int):
-        return flow_builder(self)
+    def _batch_components(self, module, xb, generators, n_valid):
+        return {"log_prob": module.log_prob(xb, generator=generators[0], shared_noise=True)}
 
-    def _batch_components(self, module, xb, generators):
-        return {"log_prob": flow_log_prob(module, xb, generators[0])}
+    def benchmark_fields(self, components_id, components_ood):
+        """``likelihood_auroc``: the AUROC of :math:`\\log p` alone (OOD positive)."""
+        return {"likelihood_auroc": auroc(components_id["log_prob"], components_ood["log_prob"])}
 
     def _score_from_components(self, components):
         return components["log_prob"]

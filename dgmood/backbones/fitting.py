@@ -1,0 +1,158 @@
+"""Getting a fitted backbone: train a named architecture, load a shipped one, or take a user's module.
+
+:func:`fit_backbone` is a plain function, so a detector with two models (a
+likelihood-ratio detector and its background model) calls it twice. The
+names a detector's ``backbone=`` accepts live in :data:`BACKBONES` (one line
+per architecture family); shipped weights in :data:`dgmood.pretrained.REGISTRY`.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import joblib
+import numpy as np
+import torch
+
+from .training import train_module
+
+__all__ = ["BackboneKind", "BACKBONES", "FittedBackbone", "fit_backbone", "train_state"]
+
+
+def _flow_spec(input_shape, params):
+    from .flows import flow_spec
+
+    return flow_spec(input_shape, params)
+
+
+def _hvae_spec(input_shape, params):
+    from .hvae import HierarchicalVAE
+
+    return HierarchicalVAE, dict(input_shape=tuple(int(s) for s in input_shape), **params)
+
+
+def _hvae_train_kwargs(params):
+    from .schedules import hvae_schedules
+
+    return {"schedules": hvae_schedules(float(params.get("free_bits", 2.0)))}
+
+
+def _no_train_kwargs(params):
+    return {}
+
+
+@dataclass(frozen=True)
+class BackboneKind:
+    """An architecture family that ``backbone="<name>"`` trains from scratch.
+
+    ``spec(input_shape, params)`` returns ``(class, kwargs)`` building a fresh
+    module; ``train_kwargs(params)`` extra arguments of
+    :func:`~dgmood.backbones.training.train_module` (e.g. KL schedules).
+    """
+
+    name: str
+    spec: Callable[[tuple, dict], tuple[type, dict]]
+    train_kwargs: Callable[[dict], dict] = field(default=_no_train_kwargs)
+
+
+#: Architecture families by the name a detector's ``backbone=`` takes.
+BACKBONES: dict[str, BackboneKind] = {
+    "flow": BackboneKind("flow", _flow_spec),
+    "hvae": BackboneKind("hvae", _hvae_spec, _hvae_train_kwargs),
+}
+
+
+@dataclass
+class FittedBackbone:
+    """What :func:`fit_backbone` returns: the module (CPU, eval mode), its training
+    history (empty when nothing was trained) and a shipped backbone's metadata (else empty)."""
+
+    module: torch.nn.Module
+    history: list = field(default_factory=list)
+    metadata: dict = field(default_factory=dict)
+
+
+def train_state(builder_args: tuple, X: np.ndarray, train_kwargs: dict) -> tuple[dict, list]:
+    """Build a module from ``builder_args = (class, kwargs)`` and train it on ``X``.
+
+    Returns the CPU ``state_dict`` and the history. Module-level and pure, so
+    that ``joblib.Memory`` caches it, keyed by architecture, data and settings.
+    The global torch RNG is restored afterwards.
+    """
+    build, kwargs = builder_args
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(train_kwargs["random_state"])
+        module = build(**kwargs)
+        module, history = train_module(module, X, **train_kwargs)
+    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    return state, history
+
+
+def _memory(memory) -> joblib.Memory:
+    if memory is None or isinstance(memory, str):
+        return joblib.Memory(location=memory, verbose=0)
+    return memory
+
+
+def fit_backbone(
+    backbone: str | torch.nn.Module,
+    X_train: np.ndarray,
+    *,
+    input_shape: tuple[int, ...],
+    params: dict | None,
+    train_kwargs: dict,
+    names: tuple[str, ...],
+    pretrained_kinds: frozenset[str] | set[str],
+    memory=None,
+    who: str = "This detector",
+) -> FittedBackbone:
+    """Fit the backbone a detector was given.
+
+    Parameters
+    ----------
+    backbone : str or nn.Module
+        A name in ``names`` (trained on ``X_train`` from scratch, as
+        :data:`BACKBONES` says), ``"pretrained:<name>"`` (a shipped backbone of
+        one of ``pretrained_kinds``; nothing trained) or a module (deep-copied,
+        never moved; trained on ``X_train`` unless ``train_kwargs["max_epochs"]``
+        is 0).
+    X_train : floats in the module's input range, shape (n, prod(input_shape)).
+    input_shape : the shape of one sample.
+    params : architecture arguments for a named backbone.
+    train_kwargs : arguments of :func:`~dgmood.backbones.training.train_module`
+        (``random_state`` included); a named family adds its own.
+    memory : None, str or ``joblib.Memory``: cache of trained named backbones.
+    who : the detector's name, for error messages.
+    """
+    if isinstance(backbone, torch.nn.Module):
+        module = copy.deepcopy(backbone).cpu()  # never move the user's module
+        history: list = []
+        if train_kwargs["max_epochs"] > 0:
+            with torch.random.fork_rng(devices=[]):
+                module, history = train_module(module, X_train, **train_kwargs)
+        return FittedBackbone(module.cpu().eval(), history)
+    if backbone.startswith("pretrained:"):
+        from ..pretrained import load_pretrained
+
+        module, spec = load_pretrained(backbone.split(":", 1)[1])
+        if spec.kind not in pretrained_kinds:
+            raise ValueError(
+                f"{who} needs a backbone of kind {sorted(pretrained_kinds)}; {backbone!r} is a {spec.kind!r}."
+            )
+        if tuple(spec.input_shape) != tuple(input_shape):
+            raise ValueError(f"{backbone!r} expects input_shape {spec.input_shape}, got {tuple(input_shape)}.")
+        return FittedBackbone(module.eval(), [], spec.metadata())
+    if backbone not in names or backbone not in BACKBONES:
+        raise ValueError(
+            f"backbone must be one of {list(names)}, 'pretrained:<name>' or an nn.Module, got {backbone!r}."
+        )
+    kind = BACKBONES[backbone]
+    params = dict(params or {})
+    build, kwargs = kind.spec(tuple(input_shape), params)
+    kwargs_all = {**train_kwargs, **kind.train_kwargs(params)}
+    state, history = _memory(memory).cache(train_state)((build, kwargs), X_train, kwargs_all)
+    module = build(**kwargs)
+    module.load_state_dict(state)
+    return FittedBackbone(module.eval(), history)
