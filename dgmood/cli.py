@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from .benchmark import DETECTORS, run_benchmark
+from .benchmark import DETECTORS, make_detector, run_benchmark
 
 __all__ = ["main", "run_benchmark"]
 
@@ -32,6 +32,11 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _even_batch_size(n: int, largest: int) -> int:
+    """The batch size that splits ``n`` rows into the fewest equal batches of at most ``largest`` rows."""
+    return -(-n // -(-n // largest))
+
+
 def _demo(args) -> int:
     from .plotting import plot_likelihood_vs_lid, plot_llr_per_k, plot_score_histograms
 
@@ -45,7 +50,9 @@ def _demo(args) -> int:
         n, n_cal = {"lid-flow": (args.n_lid, args.n_lid), "hvae-llr": (args.n_hvae, args.n_hvae)}.get(
             name, (args.n, args.n_cal))
         # a few hundred fit images cannot give local PCA its 1000 neighbours: use the shipped target
-        params = {"lid_target": "pretrained"} if name == "lid-flow" else None
+        params = {"lid_target": "pretrained"} if name == "lid-flow" else {}
+        # scoring batches have a fixed shape (the last one padded): split n into equal batches instead
+        params["batch_size"] = _even_batch_size(n, make_detector(name).batch_size)
         result, raw = run_benchmark(name, n=n, n_cal=n_cal, device=args.device, n_boot=args.n_boot, params=params)
         rows.append(result)
         if name == "likelihood":

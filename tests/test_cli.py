@@ -28,7 +28,7 @@ def test_demo_writes_table_and_figures(tmp_path, capsys):
 
 def test_lid_flow_benchmark_and_demo_figure(tmp_path, capsys):
     main(["benchmark", "--detector", "lid-flow", "--n", "12", "--n-cal", "24", "--n-boot", "20", "--json",
-          "--results-dir", str(tmp_path), "--param", "rule=joint", "--param", "n_steps=8"])
+          "--results-dir", str(tmp_path), "--param", "rule=joint", "--param", "n_steps=8", "--param", "batch_size=12"])
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["lid_method"] == "fast" and result["rule"] == "joint" and result["n_steps"] == 8
     for key in ("oracle_auroc", "likelihood_auroc", "lid_auroc", "log_tau", "lid_target"):

@@ -176,12 +176,14 @@ def test_k_out_of_range_and_auto_without_middle_layers(X_id):
 
 
 def test_training_uses_the_kl_schedules(X_id, tmp_path, monkeypatch):
-    sched = _tiny()._extra_train_kwargs()["schedules"]
+    from dgmood.backbones.fitting import BACKBONES
+
+    sched = BACKBONES["hvae"].train_kwargs({})["schedules"]
     assert [sched["beta"](p) for p in (0.0, 0.1, 0.2, 0.7)] == pytest.approx([0, 0.5, 1, 1])
     assert [sched["free_bits"](p) for p in (0.0, 0.19, 0.3, 0.4, 0.9)] == pytest.approx([2, 2, 1, 0, 0])
     assert hvae_schedules(4.0)["free_bits"](0.3) == pytest.approx(2.0)
     # the schedule reaches training: it ends with beta = 1 and no free bits
-    import dgmood.base
+    import dgmood.backbones.fitting
 
     seen = []
 
@@ -190,8 +192,8 @@ def test_training_uses_the_kl_schedules(X_id, tmp_path, monkeypatch):
         seen.append((kw["schedules"], out[0].beta, out[0].free_bits))
         return out
 
-    train_module = dgmood.base.train_module
-    monkeypatch.setattr(dgmood.base, "train_module", spy)
+    train_module = dgmood.backbones.fitting.train_module
+    monkeypatch.setattr(dgmood.backbones.fitting, "train_module", spy)
     _tiny(backbone_params={**TABULAR, "free_bits": 3.0}).fit(X_id[:200])
     (schedules, beta, free_bits), = seen
     assert schedules["free_bits"](0.0) == 3.0 and beta == 1.0 and free_bits == 0.0

@@ -111,6 +111,8 @@ def test_linearized_jvp_equals_the_jacobian_product(kind, monkeypatch):
     def no_fallback(*a, **k):
         raise AssertionError("fell back to the VJP of the pullback")
 
+    small = jac._jvp_operator(flat, z, pullback, out, trace=False)(v)  # the untraced path, small batches
+    torch.testing.assert_close(small, torch.einsum("bij,bj->bi", J, v).double(), rtol=1e-4, atol=1e-6)
     monkeypatch.setattr(jac, "vjp", no_fallback)
     Jv = jac._jvp_operator(flat, z, pullback, out)(v)
     torch.testing.assert_close(Jv, torch.einsum("bij,bj->bi", J, v).double(), rtol=1e-4, atol=1e-6)

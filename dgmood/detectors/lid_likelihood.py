@@ -25,6 +25,7 @@ import warnings
 from numbers import Integral, Real
 
 import numpy as np
+import torch
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 
@@ -130,7 +131,6 @@ class LIDLikelihoodDetector(BaseDetector):
 
     _backbone_names = ("flow",)
     _pretrained_kinds = frozenset({"flow"})
-    _generator_streams = 2  # dequantization, the LID estimator's draws (probes)
 
     _parameter_constraints = {
         **BaseDetector._parameter_constraints,
@@ -223,6 +223,12 @@ class LIDLikelihoodDetector(BaseDetector):
         raw = estimator.raw(module, xb[rows], generators[1:], z=None if z is None else z[rows])
         return {"log_prob": log_prob, **{f"lid_raw_{k}": v for k, v in raw.items()}}
 
+    def _generators(self, device):
+        """One stream for dequantization, then ``n_generators`` for the LID estimator (probes)."""
+        seed = self.seed_
+        n = 1 + int(self.lid_estimator_.n_generators)
+        return [torch.Generator(device=device).manual_seed(seed + 7919 * i) for i in range(n)]
+
     @staticmethod
     def _estimator_raw(raw: dict) -> dict:
         return {k[len("lid_raw_"):]: v for k, v in raw.items() if k.startswith("lid_raw_")}
@@ -235,8 +241,22 @@ class LIDLikelihoodDetector(BaseDetector):
             self.log_tau_ = float(self.lid_estimator_.calibrate(est_raw, self.lid_target_))
 
     def _finish_components(self, raw):
-        lid = self.lid_estimator_.count(self._estimator_raw(raw), self.log_tau_)
-        return {"log_prob": raw["log_prob"], "lid": np.asarray(lid, dtype=np.float64)}
+        lid = np.asarray(self.lid_estimator_.count(self._estimator_raw(raw), self.log_tau_), dtype=np.float64)
+        self._check_finite_lid(lid)
+        return {"log_prob": raw["log_prob"], "lid": lid}
+
+    @staticmethod
+    def _check_finite_lid(lid: np.ndarray) -> None:
+        """A clear error, not a NaN score, where the estimator could not measure LID."""
+        bad = np.flatnonzero(~np.isfinite(lid))
+        if bad.size:
+            raise ValueError(
+                f"LID is undefined for {bad.size} input(s) (rows {bad[:10].tolist()}"
+                f"{' ...' if bad.size > 10 else ''}): the backbone's decoder is not finite at their latents. "
+                "A float32 flow inverted far from its training data amplifies round-off until it overflows "
+                "(its Jacobian's largest singular values reach 1e7 or more there). These inputs are far "
+                "out of distribution; score them with LikelihoodDetector, or drop them."
+            )
 
     # ------------------------------------------------------------ fitting
     def _calibration_subset(self, n: int) -> np.ndarray:

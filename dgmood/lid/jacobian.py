@@ -78,11 +78,17 @@ def decoder_jacobian(decode: Decoder, z: torch.Tensor, chunk_size: int | None = 
 
 
 def singular_values(decode: Decoder, z: torch.Tensor, chunk_size: int | None = 64) -> torch.Tensor:
-    """Singular values of each point's decoder Jacobian, (n, D), descending, float64."""
+    """Singular values of each point's decoder Jacobian, (n, D), descending, float64.
+
+    A point whose Jacobian is not finite (the decoder overflowed there) gets a row of NaN.
+    """
     out = []
     for zi in z:
         J = decoder_jacobian(decode, zi[None], chunk_size)[0].double()
-        out.append(torch.linalg.svdvals(J))
+        if torch.isfinite(J).all():
+            out.append(torch.linalg.svdvals(J))
+        else:
+            out.append(torch.full((min(J.shape),), float("nan"), dtype=torch.float64, device=J.device))
     return torch.stack(out)
 
 
@@ -123,21 +129,30 @@ def golub_kahan(
     at ``z`` (``torch.func.linearize``: the forward pass is traced and its
     tangent graph reused, so each JVP costs about one forward pass, several
     times cheaper than ``torch.func.jvp`` or the VJP of the pullback, for a
-    one-off trace per batch: large batches amortize it). A decoder that cannot
-    be traced (``linearize`` raises) falls back to the VJP of the pullback,
-    which gives the same products.
-    Returns (alphas (b, m), betas (b, m)).
+    one-off trace per batch: large batches amortize it). Batches of fewer than
+    :data:`LINEARIZE_MIN_ROWS` rows, and a decoder that cannot be traced
+    (``linearize`` raises), take the VJP of the pullback instead, which gives
+    the same products up to float round-off.
+    Returns (alphas (b, m), betas (b, m)); a row whose decoder output or
+    products are not finite (e.g. a flow inverse that overflows in float32 far
+    from the data) is zeroed as soon as it is, so it cannot reach the others,
+    and returned as NaN.
     """
     flat = _flat(decode)
     out, pullback = vjp(flat, z)
     JTu = lambda u: pullback(u.to(z.dtype))[0].double()  # noqa: E731
-    Jv = _jvp_operator(flat, z, pullback, out)
+    Jv = _jvp_operator(flat, z, pullback, out, trace=z.shape[0] >= LINEARIZE_MIN_ROWS)
     b, D = v0.shape
     m = min(n_steps, D)
     V = torch.zeros(b, m + 1, D, dtype=torch.float64, device=z.device)
     U = None
     alphas = torch.zeros(b, m, dtype=torch.float64, device=z.device)
     betas = torch.zeros(b, m, dtype=torch.float64, device=z.device)
+    finite = torch.isfinite(out).all(1)
+
+    def guard(w):
+        finite.logical_and_(torch.isfinite(w).all(1))
+        return torch.where(finite[:, None], w, 0.0)
 
     def orth(w, basis, k):
         for _ in range(2):
@@ -146,20 +161,32 @@ def golub_kahan(
 
     V[:, 0] = v0.double() / v0.double().norm(dim=1, keepdim=True)
     for j in range(m):
-        u = Jv(V[:, j])
+        u = guard(Jv(V[:, j]))
         if U is None:
             U = torch.zeros(b, m, u.shape[1], dtype=torch.float64, device=z.device)
         u = orth(u, U, j)
         alphas[:, j] = u.norm(dim=1)
         U[:, j] = u / alphas[:, j].clamp_min(1e-300)[:, None]
-        w = orth(JTu(U[:, j]), V, j + 1)
+        w = orth(guard(JTu(U[:, j])), V, j + 1)
         betas[:, j] = w.norm(dim=1)
         V[:, j + 1] = w / betas[:, j].clamp_min(1e-300)[:, None]
+    alphas[~finite] = float("nan")
+    betas[~finite] = float("nan")
     return alphas, betas
 
 
-def _jvp_operator(flat: Decoder, z: torch.Tensor, pullback, out: torch.Tensor):
-    """``v -> J v`` (float64) at ``z``: ``torch.func.linearize``, else the VJP of the pullback."""
+#: Golub-Kahan traces the decoder (``torch.func.linearize``) for batches of at least this many rows,
+#: where the one-off trace costs less than the cheaper JVPs save; smaller batches take the VJP of the
+#: pullback. The choice depends on the batch's shape only (a detector's is fixed: ``batch_size`` x probes),
+#: so it never makes a sample's bits depend on its batch mates.
+LINEARIZE_MIN_ROWS = 16
+
+
+def _jvp_operator(flat: Decoder, z: torch.Tensor, pullback, out: torch.Tensor, trace: bool = True):
+    """``v -> J v`` (float64) at ``z``: ``torch.func.linearize`` (``trace``), else the VJP of the pullback."""
+    if not trace:
+        _, pullback_of_pullback = vjp(lambda u: pullback(u)[0], torch.zeros_like(out))
+        return lambda v: pullback_of_pullback(v.to(z.dtype))[0].double()
     try:
         with warnings.catch_warnings():  # torch's tracer warns about its own internals
             warnings.simplefilter("ignore", UserWarning)
@@ -189,6 +216,8 @@ def slq_quadrature(
     :func:`count_from_quadrature` turns them into a count for any :math:`\tau`
     without new products. Each step costs one JVP and one VJP:
     ``2 * n_probes * n_steps`` products per point, independent of D.
+    A point whose products are not finite gets NaN nodes and weights (with a
+    RuntimeWarning) instead of failing the batch.
     """
     n, D = z.shape
     probes = torch.randint(0, 2, (n_probes, D), generator=generator, device=z.device).to(torch.float64)
@@ -199,8 +228,22 @@ def slq_quadrature(
     # J V_m = U_m B_m with B_m upper bidiagonal (diagonal alpha, superdiagonal
     # beta_1..beta_{m-1}); B_m^T B_m is the Lanczos tridiagonal of J^T J from v_1
     B = torch.diag_embed(alphas) + torch.diag_embed(betas[:, : m - 1], 1)
-    _, S, Vh = torch.linalg.svd(B)
-    theta, w = S**2, Vh[:, :, 0] ** 2
+    ok = torch.isfinite(alphas).all(1) & torch.isfinite(betas).all(1)
+    if ok.all():
+        _, S, Vh = torch.linalg.svd(B)
+        theta, w = S**2, Vh[:, :, 0] ** 2
+    else:
+        bad = sorted({int(i) // n_probes for i in torch.where(~ok)[0]})
+        warnings.warn(
+            f"slq_quadrature: the decoder or its Jacobian products are not finite at the latents of "
+            f"samples {bad} of this batch; their nodes and weights are NaN.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        theta, w = torch.full_like(alphas, float("nan")), torch.full_like(alphas, float("nan"))
+        if ok.any():
+            _, S, Vh = torch.linalg.svd(B[ok])
+            theta[ok], w[ok] = S**2, Vh[:, :, 0] ** 2
     return theta.reshape(n, n_probes, -1), w.reshape(n, n_probes, -1)
 
 
