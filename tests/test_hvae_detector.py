@@ -262,7 +262,8 @@ def test_pretrained_fmnist_hvae_detects_mnist():
     X_fit = load_fashion_mnist("train")[0][held_out]
     X_id = load_dataset("fashion_mnist", "test", n=100, random_state=0)[0]
     X_ood = load_dataset("mnist", "test", n=100, random_state=0)[0]
-    det = HVAELikelihoodRatioDetector("pretrained:fmnist-hvae", n_samples=2, random_state=0).fit(X_fit)
+    det = HVAELikelihoodRatioDetector("pretrained:fmnist-hvae", n_samples=2, batch_size=100, random_state=0)
+    det.fit(X_fit)
     assert det.n_latent_layers_ == 3 and det.history_ == [] and len(det.calibration_scores_) == 200
     c_id, c_ood = det.score_components(X_id), det.score_components(X_ood)
     assert auroc(-c_id["llr"][:, 1], -c_ood["llr"][:, 1]) > 0.8
