@@ -281,9 +281,13 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         """Hook: fit detector-level statistics on held-out in-distribution components."""
 
     # ------------------------------------------------------------- scoring
+    def _n_generators(self) -> int:
+        """Hook: how many seeded random streams one batch draws from."""
+        return self._generator_streams
+
     def _generators(self, device: torch.device) -> list[torch.Generator]:
         seed = self.seed_
-        return [torch.Generator(device=device).manual_seed(seed + 7919 * i) for i in range(self._generator_streams)]
+        return [torch.Generator(device=device).manual_seed(seed + 7919 * i) for i in range(self._n_generators())]
 
     @torch.no_grad()
     def _raw_components(self, Xf: np.ndarray) -> dict[str, np.ndarray]:

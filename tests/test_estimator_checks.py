@@ -7,7 +7,7 @@ from dgmood import LikelihoodDetector, TypicalityDetector
 from .conftest import tiny_flow_params
 
 HELD_OUT_OFFSET = (
-    "offset_ is the contamination-quantile of a held-out slice of the fit data (never the "
+    "offset_ is set at the contamination rate on a held-out slice of the fit data (never the "
     "points the deep backbone trained on), so the share flagged among the *training* points "
     "differs from contamination by design; the rate on new in-distribution data is what is "
     "controlled (tests/test_contract.py checks it)."

@@ -25,7 +25,6 @@ import warnings
 from numbers import Integral, Real
 
 import numpy as np
-import torch
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 
@@ -223,11 +222,9 @@ class LIDLikelihoodDetector(BaseDetector):
         raw = estimator.raw(module, xb[rows], generators[1:], z=None if z is None else z[rows])
         return {"log_prob": log_prob, **{f"lid_raw_{k}": v for k, v in raw.items()}}
 
-    def _generators(self, device):
+    def _n_generators(self):
         """One stream for dequantization, then ``n_generators`` for the LID estimator (probes)."""
-        seed = self.seed_
-        n = 1 + int(self.lid_estimator_.n_generators)
-        return [torch.Generator(device=device).manual_seed(seed + 7919 * i) for i in range(n)]
+        return 1 + int(self.lid_estimator_.n_generators)
 
     @staticmethod
     def _estimator_raw(raw: dict) -> dict:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch.func import linearize, vjp
 
+from ..backbones.protocols import LatentFlow
 from .base import LIDEstimator, calibrate_log_tau, rowwise_sum
 
 __all__ = [
@@ -355,6 +356,7 @@ class JacobianLID(LIDEstimator):
     """
 
     n_generators = 1
+    protocol = LatentFlow
 
     def __init__(self, method: str = "exact", soft: bool = False, n_probes: int = 1, n_steps: int = 35,
                  smoothing: float = 0.5):
@@ -362,12 +364,6 @@ class JacobianLID(LIDEstimator):
             raise ValueError(f"method must be 'exact' or 'fast', got {method!r}.")
         self.method, self.soft = method, bool(soft)
         self.n_probes, self.n_steps, self.smoothing = int(n_probes), int(n_steps), float(smoothing)
-
-    @property
-    def protocol(self):  # noqa: D401 - a property so that importing protocols stays lazy
-        from ..backbones.protocols import LatentFlow
-
-        return LatentFlow
 
     @property
     def per_point(self) -> bool:
