@@ -137,7 +137,7 @@ def oracle_dual_auroc(
        The thresholds are tuned on the *test* labels: this is an upper bound
        over dual-threshold rules, not a deployable detector. For thresholds
        set on held-out ID data only, use
-       :class:`dgmood.thresholds.DualThresholdRule`.
+       :class:`dgmood.rules.DualThresholdRule`.
 
     Parameters
     ----------

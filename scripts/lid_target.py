@@ -24,7 +24,6 @@ import numpy as np
 
 def main(argv=None):
     from dgmood import LIDLikelihoodDetector
-    from dgmood.datasets import load_dataset
     from dgmood.lid.lpca import lpca_lid
     from dgmood.pretrained import REGISTRY, heldout_images
 

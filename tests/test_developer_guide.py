@@ -59,6 +59,10 @@ class GaussianFlow(Gaussian):
     def log_prob(self, x, generator=None, shared_noise=False):
         return self.encode_with_log_prob(x, generator, shared_noise)[1]  # the same bits
 
+    def encode_with_local_decoder(self, x, generator=None, shared_noise=False):
+        z, log_p = self.encode_with_log_prob(x, generator, shared_noise)
+        return z, log_p, lambda index: self.decode  # an affine decode is stable everywhere
+
     def decode(self, z):
         return self.mu + self.log_sigma.exp() * z
 
@@ -79,7 +83,7 @@ class DiagonalLID(LIDEstimator):
     n_generators = 0  # no random draws
     per_point = True  # each point on its own: the padding rows of a batch are skipped
 
-    def raw(self, model, x, generators, z=None):
+    def raw(self, model, x, generators, z=None, local_decoder=None):
         # J @ 1 is the diagonal of a diagonal J; its absolute values are J's singular values
         _, diag = jvp(model.decode, (z,), (torch.ones_like(z),))
         return {"sv": diag.abs().double()}
@@ -161,7 +165,7 @@ def test_missing_log_prob_is_named_at_fit(gauss_data):
     with pytest.raises(ValueError, match=r"DensityModel.*Encoder lacks: log_prob"):
         LikelihoodDetector(backbone=Encoder(), max_epochs=0).fit(X)
     # a DensityModel is not enough for the Jacobian LID: the flow members are named
-    with pytest.raises(ValueError, match="lacks: encode_with_logdet, encode_with_log_prob, decode"):
+    with pytest.raises(ValueError, match="lacks: encode_with_logdet, encode_with_log_prob, encode_with_local_decoder, decode"):
         LIDLikelihoodDetector(backbone=Gaussian(MU, SIGMA), max_epochs=0, log_tau=0.0).fit(X)
 
 

@@ -125,3 +125,50 @@ def test_nan_loss_stops_training():
     X = np.random.default_rng(0).normal(size=(64, 3)).astype(np.float32)
     with pytest.raises(FloatingPointError, match="lower the learning rate"):
         train_module(_Exploding(), X, input_shape=(3,), max_epochs=2, lr=10.0, device="cpu", patience=None)
+
+
+@pytest.mark.parametrize("kind", ["image", "tabular"])
+def test_local_decoder_jacobian_is_the_inverse_of_the_encoder_jacobian(kind):
+    """Oracle: J_f(z) = (J_{f^-1}(v))^{-1}, so slogdet of the local decoder's Jacobian is -logdet, and
+    where the plain inverse reproduces the input both decoders have the same Jacobian."""
+    torch.manual_seed(0)
+    if kind == "image":
+        shape = (1, 4, 4)
+        flow = _perturb(_init(ImageFlow(shape, n_levels=2, steps_per_level=2, hidden=8), torch.rand(8, *shape)))
+        x = torch.randint(0, 256, (3, *shape)).float() / 255
+    else:
+        shape = (5,)
+        flow = _perturb(_init(TabularFlow(5, n_layers=3, hidden=8), torch.randn(16, 5)))
+        x = torch.randn(3, 5)
+    z, log_p, local = flow.encode_with_local_decoder(x, torch.Generator().manual_seed(0), shared_noise=True)
+    z2, log_p2 = flow.encode_with_log_prob(x, torch.Generator().manual_seed(0), shared_noise=True)
+    assert torch.equal(z, z2) and torch.equal(log_p, log_p2)  # one route to log p
+    logdet = log_p + 0.5 * (z**2).sum(1) + 0.5 * z.shape[1] * math.log(2 * math.pi)
+    for i in range(3):
+        decode_i = local(torch.tensor([i]))
+        J = torch.autograd.functional.jacobian(lambda a: decode_i(a[None]).flatten(), z[i]).double()
+        J_plain = torch.autograd.functional.jacobian(lambda a: flow.decode(a[None]).flatten(), z[i]).double()
+        assert torch.allclose(torch.linalg.slogdet(J)[1], -logdet[i].double(), atol=2e-3)
+        assert torch.allclose(J, J_plain, rtol=1e-4, atol=1e-5)
+        if kind == "tabular":  # the value is pinned to the encoder's input, exactly
+            assert torch.equal(decode_i(z[i : i + 1])[0], x[i])
+
+
+def test_local_decoder_stays_finite_where_the_inverse_overflows():
+    """The cause of the fast-LID crash on random pixels: far from the data, the float32 inverse drifts from
+    the encoded input and overflows. The local decoder is pinned at the encoder's values: finite."""
+    from torch.func import jvp
+
+    from dgmood.pretrained import load_pretrained
+
+    flow, _ = load_pretrained("fmnist-flow")
+    pixels = np.random.default_rng(0).integers(0, 256, (128, 784), dtype=np.uint8)[[5, 22]]
+    x = torch.from_numpy(pixels.astype(np.float32) / 255).reshape(2, 1, 28, 28)
+    with torch.no_grad():
+        z, log_p, local = flow.encode_with_local_decoder(x, torch.Generator().manual_seed(0), shared_noise=True)
+        assert torch.isfinite(log_p).all()
+        assert not torch.isfinite(flow.decode(z)).all()  # the plain inverse overflows here
+    value, tangent = jvp(local(torch.arange(2)), (z,), (torch.ones_like(z) / 28,))
+    assert torch.isfinite(value).all() and torch.isfinite(tangent).all()
+    v = dequantize(x, torch.Generator().manual_seed(0), True)
+    assert torch.allclose(value, v, atol=1e-5)  # pinned at the encoder's input (up to the logit round trip)

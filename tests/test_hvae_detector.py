@@ -253,18 +253,20 @@ def test_joblib_roundtrip_identical_scores(tmp_path, image_detector, auto_detect
 
 # ------------------------------------------------------------------ the shipped backbone
 def test_pretrained_fmnist_hvae_detects_mnist():
-    """FashionMNIST -> MNIST, 100 + 100 test images, calibrated on 200 held-out training images.
+    """FashionMNIST -> MNIST, 100 + 100 test images, calibrated on 100 held-out training images.
 
-    Measured (random_state=0, n_samples=2, n_skip_samples=8): AUROC of -LLR^{>k} k=0 0.750,
-    k=1 0.961, k=2 0.957, k=3 0.170; k="auto" 0.971; likelihood bound 0.202 (the paradox).
+    A cheap configuration (S = 2, m = 2 skip draws) still separates: LLR^{>1} and k="auto" well
+    above chance, the likelihood bound below it (the paradox). Full-size numbers:
+    ``benchmarks/results/hvae-llr_*.json``.
     """
-    held_out = np.asarray(REGISTRY["fmnist-hvae"].metadata()["heldout_train_indices"])[:200]
+    held_out = np.asarray(REGISTRY["fmnist-hvae"].metadata()["heldout_train_indices"])[:100]
     X_fit = load_fashion_mnist("train")[0][held_out]
     X_id = load_dataset("fashion_mnist", "test", n=100, random_state=0)[0]
     X_ood = load_dataset("mnist", "test", n=100, random_state=0)[0]
-    det = HVAELikelihoodRatioDetector("pretrained:fmnist-hvae", n_samples=2, batch_size=100, random_state=0)
+    det = HVAELikelihoodRatioDetector("pretrained:fmnist-hvae", n_samples=2, n_skip_samples=2, batch_size=100,
+                                      random_state=0)
     det.fit(X_fit)
-    assert det.n_latent_layers_ == 3 and det.history_ == [] and len(det.calibration_scores_) == 200
+    assert det.n_latent_layers_ == 3 and det.history_ == [] and len(det.calibration_scores_) == 100
     c_id, c_ood = det.score_components(X_id), det.score_components(X_ood)
     assert auroc(-c_id["llr"][:, 1], -c_ood["llr"][:, 1]) > 0.8
     assert auroc(c_id["elbo_bound"], c_ood["elbo_bound"]) < 0.4

@@ -92,7 +92,7 @@ def test_linearized_jvp_equals_the_jacobian_product(kind, monkeypatch):
     Jacobian as oracle; and it really is the linearize path, not the fallback."""
     from torch.func import vjp
 
-    from dgmood.lid import jacobian as jac
+    from dgmood.lid import slq as jac
 
     torch.manual_seed(0)
     if kind == "image":

@@ -27,6 +27,21 @@ import math
 import torch
 from torch import nn
 
+from .flow_layers import (  # noqa: F401 - the layers stay importable here (and pickles made before the split load)
+    ActNorm,
+    AffineCoupling,
+    FlowSequence,
+    InvertibleConv1x1,
+    conv_net,
+    glow_steps,
+    mlp_net,
+    squeeze,
+    sum_except_batch,
+    unsqueeze,
+)
+
+_FlowSequence = FlowSequence  # the name fitted models pickled before the split refer to
+
 __all__ = [
     "ActNorm",
     "InvertibleConv1x1",
@@ -73,203 +88,6 @@ def bits_per_dim(log_prob: torch.Tensor, n_dims: int) -> torch.Tensor:
     return -log_prob / (n_dims * math.log(2.0)) + 8.0
 
 
-def _sum_except_batch(t: torch.Tensor) -> torch.Tensor:
-    return t.flatten(1).sum(1)
-
-
-class ActNorm(nn.Module):
-    r"""Per-channel affine map :math:`y = (x + b) \odot e^{s}` (Glow), data-initialised.
-
-    On the first training batch, ``b`` and ``s`` are set so the output has zero
-    mean and unit variance per channel. Works on (n, C) and (n, C, H, W).
-    """
-
-    def __init__(self, n_channels: int):
-        super().__init__()
-        self.bias = nn.Parameter(torch.zeros(n_channels))
-        self.log_scale = nn.Parameter(torch.zeros(n_channels))
-        self.register_buffer("initialized", torch.tensor(False))
-
-    def _shape(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return t.view(1, -1, *([1] * (x.dim() - 2)))
-
-    def _pixels(self, x: torch.Tensor) -> int:
-        return int(math.prod(x.shape[2:])) if x.dim() > 2 else 1
-
-    @torch.no_grad()
-    def _initialize(self, x: torch.Tensor) -> None:
-        dims = [0] + list(range(2, x.dim()))
-        mean = x.mean(dims)
-        std = x.std(dims).clamp_min(1e-6)
-        self.bias.copy_(-mean)
-        self.log_scale.copy_(-torch.log(std))
-        self.initialized.fill_(True)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.training and not bool(self.initialized):
-            self._initialize(x)
-        y = (x + self._shape(self.bias, x)) * torch.exp(self._shape(self.log_scale, x))
-        logdet = self.log_scale.sum() * self._pixels(x)
-        return y, logdet.expand(x.shape[0])
-
-    def inverse(self, y: torch.Tensor) -> torch.Tensor:
-        return y * torch.exp(-self._shape(self.log_scale, y)) - self._shape(self.bias, y)
-
-
-class InvertibleConv1x1(nn.Module):
-    r"""Invertible channel mixing :math:`y = W x` (Glow), LU-parametrised.
-
-    :math:`W = P L (U + \mathrm{diag}(\mathrm{sign}(s) e^{\log|s|}))` with ``P`` a
-    fixed permutation, ``L`` unit lower-triangular and ``U`` strictly upper
-    triangular (Kingma & Dhariwal, 2018, section 3.2), so
-    :math:`\log|\det W| = \sum \log|s|` is exact and its gradient never
-    involves :math:`W^{-1}` (the plain parametrisation's ``slogdet`` diverges
-    when ``W`` drifts towards singular). Log-det of the layer:
-    :math:`HW \sum \log|s|`. ``W`` starts as a random orthogonal matrix.
-    Works on (n, C) and (n, C, H, W).
-    """
-
-    def __init__(self, n_channels: int, generator: torch.Generator | None = None):
-        super().__init__()
-        w = torch.linalg.qr(torch.randn(n_channels, n_channels, generator=generator))[0]
-        P, L, U = torch.linalg.lu(w)
-        s = torch.diagonal(U)
-        self.register_buffer("perm", P)
-        self.register_buffer("sign_s", torch.sign(s))
-        self.register_buffer("lower_mask", torch.tril(torch.ones(n_channels, n_channels), -1))
-        self.register_buffer("eye", torch.eye(n_channels))
-        self.lower = nn.Parameter(L)
-        self.upper = nn.Parameter(torch.triu(U, 1))
-        self.log_s = nn.Parameter(torch.log(torch.abs(s)))
-
-    @property
-    def weight(self) -> torch.Tensor:
-        lower = self.lower * self.lower_mask + self.eye
-        upper = self.upper * self.lower_mask.T + torch.diag(self.sign_s * torch.exp(self.log_s))
-        return self.perm @ lower @ upper
-
-    def _mix(self, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 2:
-            return x @ w.T
-        return torch.einsum("ij,njhw->nihw", w, x)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pixels = int(math.prod(x.shape[2:])) if x.dim() > 2 else 1
-        logdet = self.log_s.sum() * pixels
-        return self._mix(self.weight, x), logdet.expand(x.shape[0])
-
-    def inverse(self, y: torch.Tensor) -> torch.Tensor:
-        return self._mix(torch.linalg.inv(self.weight), y)
-
-
-class AffineCoupling(nn.Module):
-    r"""Affine coupling (RealNVP/Glow) on the channel halves :math:`x = (x_a, x_b)`.
-
-    :math:`(t, r) = \mathrm{net}(x_a)`, :math:`s = \sigma(r + 2)`,
-    :math:`y_b = (x_b + t) \odot s`, :math:`y_a = x_a`,
-    :math:`\log|\det| = \sum \log s`. The sigmoid scale keeps the map
-    well-conditioned (Glow's code). The net's last layer starts at zero, so the
-    coupling starts near the identity.
-    """
-
-    def __init__(self, net: nn.Module, n_channels: int):
-        super().__init__()
-        self.net = net
-        self.split = n_channels // 2
-
-    def _params(self, x_a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.net(x_a)
-        shift, raw = h[:, 0::2], h[:, 1::2]
-        return shift, torch.sigmoid(raw + 2.0)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x_a, x_b = x[:, : self.split], x[:, self.split :]
-        shift, scale = self._params(x_a)
-        y_b = (x_b + shift) * scale
-        return torch.cat([x_a, y_b], 1), _sum_except_batch(torch.log(scale))
-
-    def inverse(self, y: torch.Tensor) -> torch.Tensor:
-        y_a, y_b = y[:, : self.split], y[:, self.split :]
-        shift, scale = self._params(y_a)
-        return torch.cat([y_a, y_b / scale - shift], 1)
-
-
-class _Reverse(nn.Module):
-    """Reverse the channel order (volume preserving), so each half gets transformed."""
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return x.flip(1), x.new_zeros(x.shape[0])
-
-    def inverse(self, y: torch.Tensor) -> torch.Tensor:
-        return y.flip(1)
-
-
-def _conv_net(c_in: int, c_out: int, hidden: int) -> nn.Sequential:
-    last = nn.Conv2d(hidden, c_out, 3, padding=1)
-    nn.init.zeros_(last.weight)
-    nn.init.zeros_(last.bias)
-    return nn.Sequential(
-        nn.Conv2d(c_in, hidden, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(hidden, hidden, 3, padding=1),
-        nn.ReLU(),
-        last,
-    )
-
-
-def _mlp_net(d_in: int, d_out: int, hidden: int) -> nn.Sequential:
-    last = nn.Linear(hidden, d_out)
-    nn.init.zeros_(last.weight)
-    nn.init.zeros_(last.bias)
-    return nn.Sequential(
-        nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), last
-    )
-
-
-def _squeeze(x: torch.Tensor) -> torch.Tensor:
-    """(n, C, H, W) -> (n, 4C, H/2, W/2), space to depth."""
-    n, c, h, w = x.shape
-    x = x.reshape(n, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4)
-    return x.reshape(n, c * 4, h // 2, w // 2)
-
-
-def _unsqueeze(x: torch.Tensor) -> torch.Tensor:
-    n, c, h, w = x.shape
-    x = x.reshape(n, c // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3)
-    return x.reshape(n, c // 4, h * 2, w * 2)
-
-
-class _FlowSequence(nn.Module):
-    """A chain of invertible layers, each returning ``(y, logdet)``."""
-
-    def __init__(self, layers: list[nn.Module]):
-        super().__init__()
-        self.layers = nn.ModuleList(layers)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        total = x.new_zeros(x.shape[0])
-        for layer in self.layers:
-            x, logdet = layer(x)
-            total = total + logdet
-        return x, total
-
-    def inverse(self, y: torch.Tensor) -> torch.Tensor:
-        for layer in reversed(self.layers):
-            y = layer.inverse(y)
-        return y
-
-
-def _glow_steps(n_channels: int, n_steps: int, make_net, generator) -> _FlowSequence:
-    layers: list[nn.Module] = []
-    for _ in range(n_steps):
-        layers += [
-            ActNorm(n_channels),
-            InvertibleConv1x1(n_channels, generator),
-            AffineCoupling(make_net(n_channels // 2, 2 * (n_channels - n_channels // 2)), n_channels),
-        ]
-    return _FlowSequence(layers)
-
-
 class ImageFlow(nn.Module):
     r"""Multiscale Glow-style flow for images (Dinh et al., 2017; Kingma & Dhariwal, 2018).
 
@@ -313,7 +131,7 @@ class ImageFlow(nn.Module):
         for level in range(n_levels):
             channels, height, width = channels * 4, height // 2, width // 2
             levels.append(
-                _glow_steps(channels, steps_per_level, lambda i, o: _conv_net(i, o, hidden), generator)
+                glow_steps(channels, steps_per_level, lambda i, o: conv_net(i, o, hidden), generator)
             )
             if level < n_levels - 1:
                 shapes.append((channels // 2, height, width))
@@ -325,41 +143,66 @@ class ImageFlow(nn.Module):
     def _logit(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.alpha + (1.0 - self.alpha) * v
         y = torch.log(s) - torch.log1p(-s)
-        logdet = _sum_except_batch(math.log(1.0 - self.alpha) - torch.log(s) - torch.log1p(-s))
+        logdet = sum_except_batch(math.log(1.0 - self.alpha) - torch.log(s) - torch.log1p(-s))
         return y, logdet
 
     def _sigmoid(self, y: torch.Tensor) -> torch.Tensor:
         return (torch.sigmoid(y) - self.alpha) / (1.0 - self.alpha)
 
-    def encode_with_logdet(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``z = f^{-1}(v)`` flattened to (n, D), and ``log|det df^{-1}/dv|`` per sample."""
+    def _encode(self, v: torch.Tensor):
+        """``(z, logdet, values)``: ``values[i]`` the recorded layer values of level ``i``
+        (:meth:`~dgmood.backbones.flow_layers.FlowSequence.forward_with_values`)."""
         v = v.reshape(v.shape[0], *self.input_shape)
         h, total = self._logit(v)
-        latents = []
+        latents, values = [], []
         for i, level in enumerate(self.levels):
-            h, logdet = level(_squeeze(h))
+            h, logdet, level_values = level.forward_with_values(squeeze(h))
             total = total + logdet
+            values.append(level_values)
             if i < len(self.levels) - 1:
                 half = h.shape[1] // 2
                 latents.append(h[:, :half].flatten(1))
                 h = h[:, half:]
         latents.append(h.flatten(1))
-        return torch.cat(latents, 1), total
+        return torch.cat(latents, 1), total, values
 
-    def encode(self, v: torch.Tensor) -> torch.Tensor:
-        """Latent ``z = f^{-1}(v)``, shape (n, D), for dequantized pixels ``v``."""
-        return self.encode_with_logdet(v)[0]
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Pixels ``v = f(z)`` in [0, 1], shape (n, C, H, W); the inverse logit is inside."""
+    def _decode(self, z: torch.Tensor, inputs=None, index=None) -> torch.Tensor:
         sizes = [math.prod(s) for s in self.latent_shapes]
         parts = list(torch.split(z.reshape(z.shape[0], -1), sizes, 1))
         h = parts[-1].reshape(z.shape[0], *self.latent_shapes[-1])
         for i in reversed(range(len(self.levels))):
             if i < len(self.levels) - 1:
                 h = torch.cat([parts[i].reshape(z.shape[0], *self.latent_shapes[i]), h], 1)
-            h = _unsqueeze(self.levels[i].inverse(h))
+            level = self.levels[i]
+            h = unsqueeze(level.inverse(h) if inputs is None else level.inverse_anchored(h, inputs[i], index))
         return self._sigmoid(h)
+
+    def encode_with_logdet(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``z = f^{-1}(v)`` flattened to (n, D), and ``log|det df^{-1}/dv|`` per sample."""
+        z, total, _ = self._encode(v)
+        return z, total
+
+    def encode(self, v: torch.Tensor) -> torch.Tensor:
+        """Latent ``z = f^{-1}(v)``, shape (n, D), for dequantized pixels ``v``."""
+        return self._encode(v)[0]
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Pixels ``v = f(z)`` in [0, 1], shape (n, C, H, W); the inverse logit is inside."""
+        return self._decode(z)
+
+    def encode_with_local_decoder(
+        self, x: torch.Tensor, generator: torch.Generator | None = None, shared_noise: bool = False
+    ):
+        """``(z, log p(v), local_decoder)`` of the dequantized pixels of ``x``, in one pass.
+
+        ``local_decoder(index)`` is :math:`f` for a batch whose row ``r`` is a
+        latent of the point ``index[r]``, anchored at that point's encoder
+        values (:meth:`~dgmood.backbones.flow_layers.FlowSequence.inverse_anchored`):
+        the decoder Jacobian at the point, finite even where ``decode(z)``
+        drifts from the input and overflows (far out of distribution).
+        """
+        z, logdet, inputs = self._encode(dequantize(x, generator, shared_noise))
+        return z, standard_normal_logpdf(z) + logdet, lambda index: lambda zz: self._decode(zz, inputs, index)
 
     def log_prob_dequantized(self, v: torch.Tensor) -> torch.Tensor:
         r""":math:`\log p(v) = \log\mathcal N(f^{-1}(v)) + \log|\det \partial f^{-1}/\partial v|` (nats)."""
@@ -412,7 +255,7 @@ class TabularFlow(nn.Module):
         self.n_dims = int(n_features)
         self.input_shape = (self.n_dims,)
         generator = torch.Generator().manual_seed(seed)
-        self.flow = _glow_steps(n_features, n_layers, lambda i, o: _mlp_net(i, o, hidden), generator)
+        self.flow = glow_steps(n_features, n_layers, lambda i, o: mlp_net(i, o, hidden), generator)
 
     def encode_with_logdet(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.flow(x.reshape(x.shape[0], -1))
@@ -422,6 +265,14 @@ class TabularFlow(nn.Module):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.flow.inverse(z)
+
+    def encode_with_local_decoder(
+        self, x: torch.Tensor, generator: torch.Generator | None = None, shared_noise: bool = False
+    ):
+        """``(z, log p(x), local_decoder)``: as :meth:`ImageFlow.encode_with_local_decoder`."""
+        z, logdet, inputs = self.flow.forward_with_values(x.reshape(x.shape[0], -1))
+        return z, standard_normal_logpdf(z) + logdet, lambda index: lambda zz: self.flow.inverse_anchored(
+            zz, inputs, index)
 
     def encode_with_log_prob(
         self, x: torch.Tensor, generator: torch.Generator | None = None, shared_noise: bool = False

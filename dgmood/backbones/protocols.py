@@ -18,6 +18,7 @@ Conventions shared by every protocol:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -53,6 +54,15 @@ class LatentFlow(DensityModel, Protocol):
     :math:`\log p` evaluates the model once. ``decode`` is :math:`f`, a pure
     function of its input (usable with ``torch.func``) whose output space is
     where the Jacobian's singular values (and LID's threshold) are measured.
+
+    ``encode_with_local_decoder`` adds to ``(z, log p)`` a function
+    ``local_decoder(index)`` returning a decoder for a batch whose row ``r``
+    is a latent of point ``index[r]``: it has ``decode``'s Jacobian at that
+    point. A flow inverts layer by layer, and in float32 far from the data
+    ``decode(z)`` can drift from the encoded input until it overflows; the
+    shipped flows evaluate each inverse layer at the encoder's own recorded
+    value instead (:meth:`~dgmood.backbones.flow_layers.FlowSequence.inverse_anchored`).
+    A model whose ``decode`` is stable may return ``lambda index: self.decode``.
     """
 
     def encode_with_logdet(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,6 +72,11 @@ class LatentFlow(DensityModel, Protocol):
         self, x: torch.Tensor, generator: torch.Generator | None = None, shared_noise: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(z, log p)`` of the (dequantized) input."""
+
+    def encode_with_local_decoder(
+        self, x: torch.Tensor, generator: torch.Generator | None = None, shared_noise: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, Callable[[torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]]:
+        """``(z, log p, local_decoder)``; ``log p`` equals ``encode_with_log_prob``'s, bit for bit."""
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """``x = f(z)``."""

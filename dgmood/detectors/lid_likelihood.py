@@ -9,10 +9,10 @@ Everything that turns the two components into one score is fitted on held-out
 in-distribution data only. The paper's rule, ``rule="min-cdf"``, maps each component through its
 empirical CDF :math:`F_L, F_{\mathrm{LID}}` on the held-out slice and scores
 :math:`\min(F_L(\log p(x)), F_{\mathrm{LID}}(\mathrm{LID}(x)))`
-(:class:`~dgmood.thresholds.DualThresholdRule`): thresholding it at ``offset_``
+(:class:`~dgmood.rules.DualThresholdRule`): thresholding it at ``offset_``
 is the dual rule above with both thresholds at the same held-out quantile.
 ``rule="min-cdf"`` is the default; ``rule="joint"`` scores the log of a kernel
-density of the held-out (log p, LID) pairs (:class:`~dgmood.thresholds.JointDensityRule`).
+density of the held-out (log p, LID) pairs (:class:`~dgmood.rules.JointDensityRule`).
 LID is :math:`\#\{\sigma_i(J) > \tau\}` of the flow decoder's Jacobian at
 :math:`z = f^{-1}(x)` (see :mod:`dgmood.lid.jacobian`), with :math:`\tau`
 calibrated so that the mean LID of held-out points matches a model-free local
@@ -34,7 +34,7 @@ from ..envelope import oracle_dual_auroc
 from ..lid.jacobian import JacobianLID
 from ..lid.lpca import lpca_lid
 from ..metrics import auroc
-from ..thresholds import DualThresholdRule, JointDensityRule
+from ..rules import DualThresholdRule, JointDensityRule
 
 __all__ = ["LIDLikelihoodDetector", "LID_METHODS"]
 
@@ -91,9 +91,9 @@ class LIDLikelihoodDetector(BaseDetector):
         How the two components become one score, both fitted on held-out ID
         data only. "min-cdf" (default):
         :math:`\min(F_L(\log p), F_{\mathrm{LID}}(\mathrm{LID}))`, the paper's dual
-        threshold rule (:class:`~dgmood.thresholds.DualThresholdRule`), which
+        threshold rule (:class:`~dgmood.rules.DualThresholdRule`), which
         rejects low values of either. "joint": log of a kernel density of the
-        standardized (log p, LID) pairs (:class:`~dgmood.thresholds.JointDensityRule`),
+        standardized (log p, LID) pairs (:class:`~dgmood.rules.JointDensityRule`),
         which flags a pair unusual in any direction. Where the two components
         are strongly anti-correlated (FashionMNIST), OOD pairs with high
         likelihood and low LID lie along the ID cloud's own tail, and "joint"
@@ -213,13 +213,15 @@ class LIDLikelihoodDetector(BaseDetector):
         only the ``n_valid`` real rows.
         """
         estimator = self.lid_estimator_
-        z = None
+        z = local_decoder = None
         if LatentFlow in getattr(estimator.protocol, "__mro__", ()):
-            z, log_prob = module.encode_with_log_prob(xb, generator=generators[0], shared_noise=True)
+            z, log_prob, local_decoder = module.encode_with_local_decoder(
+                xb, generator=generators[0], shared_noise=True)
         else:
             log_prob = module.log_prob(xb, generator=generators[0], shared_noise=True)
         rows = slice(0, n_valid) if estimator.per_point else slice(None)
-        raw = estimator.raw(module, xb[rows], generators[1:], z=None if z is None else z[rows])
+        raw = estimator.raw(module, xb[rows], generators[1:], z=None if z is None else z[rows],
+                            local_decoder=local_decoder)
         return {"log_prob": log_prob, **{f"lid_raw_{k}": v for k, v in raw.items()}}
 
     def _n_generators(self):
@@ -249,10 +251,10 @@ class LIDLikelihoodDetector(BaseDetector):
         if bad.size:
             raise ValueError(
                 f"LID is undefined for {bad.size} input(s) (rows {bad[:10].tolist()}"
-                f"{' ...' if bad.size > 10 else ''}): the backbone's decoder is not finite at their latents. "
-                "A float32 flow inverted far from its training data amplifies round-off until it overflows "
-                "(its Jacobian's largest singular values reach 1e7 or more there). These inputs are far "
-                "out of distribution; score them with LikelihoodDetector, or drop them."
+                f"{' ...' if bad.size > 10 else ''}): the backbone's decoder Jacobian at their points is not "
+                "finite in float32. The flow contracts these inputs so strongly (coupling scales down to 1e-30 "
+                "or less) that the inverse's derivatives exceed float32's range. These inputs are far out of "
+                "distribution; score them with LikelihoodDetector, or drop them."
             )
 
     # ------------------------------------------------------------ fitting

@@ -86,12 +86,14 @@ class LIDEstimator:
     per_point: bool = False
 
     def raw(
-        self, model: Any, x: torch.Tensor, generators: list[torch.Generator], z: torch.Tensor | None = None
+        self, model: Any, x: torch.Tensor, generators: list[torch.Generator], z: torch.Tensor | None = None,
+        local_decoder: Any = None,
     ) -> dict[str, torch.Tensor]:
         """Per-point raw quantities of one batch: tensors whose first axis is the point.
 
-        ``x``: the batch as the model takes it; ``z``: its latent, for a
-        :class:`~dgmood.backbones.protocols.LatentFlow` (else None).
+        ``x``: the batch as the model takes it; for a
+        :class:`~dgmood.backbones.protocols.LatentFlow`, ``z`` its latent and
+        ``local_decoder`` the decoder anchored at its points (else None).
         """
         raise NotImplementedError
 
