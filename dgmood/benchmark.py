@@ -11,12 +11,14 @@ registered in :data:`DETECTORS` is benchmarked without edits here.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DETECTORS", "make_detector", "run_benchmark"]
+__all__ = ["DETECTORS", "make_detector", "run_benchmark", "results_table"]
 
 #: Benchmark names: (estimator class name in :mod:`dgmood`, backbone, default parameters).
 DETECTORS: dict[str, tuple[str, str, dict]] = {
@@ -112,3 +114,30 @@ def run_benchmark(
     raw = {"id": comp_id, "ood": comp_ood, "score_id": np.asarray(s_id), "score_ood": np.asarray(s_ood),
            "detector": det}
     return result, raw
+
+
+def results_table(results_dir: str | Path = "benchmarks/results") -> str:
+    """An reStructuredText table of every ``run_benchmark`` JSON in ``results_dir``.
+
+    One row per ``<detector>_<id>_vs_<ood>_n<N>.json`` (sorted by name): the
+    estimator's registry name, the data pair, the sample counts, AUROC with
+    its bootstrap 95 % interval, AUPRC, FPR at 95 % TPR, wall seconds, the
+    command that wrote it and the estimator's full configuration. ``docs/results_table.rst`` is this table; a test
+    keeps it equal to the JSONs, so rerunning a benchmark updates the docs.
+    """
+    rows = []
+    for path in sorted(Path(results_dir).glob("*_vs_*.json")):
+        r = json.loads(path.read_text())
+        lo, hi = r["auroc_ci"]
+        rows.append([
+            f"``{r['detector']}``", f"{r['id']} -> {r['ood']}", f"{r['n_id']} + {r['n_ood']} ({r['n_calibration']})",
+            f"{r['auroc']:.3f} [{lo:.3f}, {hi:.3f}]", f"{r['auprc']:.3f}", f"{r['fpr95']:.3f}",
+            f"{r['seconds']:.0f}", f"``{r['command']}``" if r.get("command") else "",
+            f"``{r['estimator']}``", f"``{path.name}``",
+        ])
+    head = ["detector", "ID -> OOD", "n ID + n OOD (calibration)", "AUROC [95 % CI]", "AUPRC", "FPR95", "seconds",
+            "command", "estimator", "file"]
+    lines = [".. list-table::", "   :header-rows: 1", ""]
+    for row in [head, *rows]:
+        lines += [f"   * - {row[0]}", *[f"     - {cell}" for cell in row[1:]]]
+    return "\n".join(lines) + "\n"

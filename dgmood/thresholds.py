@@ -17,8 +17,6 @@ from sklearn.utils import check_array
 
 __all__ = [
     "EmpiricalCDF",
-    "DualThresholdRule",
-    "JointDensityRule",
     "robust_location_scale",
     "threshold_at_rate",
 ]
@@ -204,4 +202,12 @@ class EmpiricalCDF:
         return ref
 
 
-from .rules import DualThresholdRule, JointDensityRule  # noqa: E402 - re-exported; rules import this module
+
+def __getattr__(name: str):
+    """``DualThresholdRule`` and ``JointDensityRule`` moved to :mod:`dgmood.rules`; still importable here
+    (resolved on first use: :mod:`dgmood.rules` imports this module)."""
+    if name in ("DualThresholdRule", "JointDensityRule"):
+        from . import rules
+
+        return getattr(rules, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

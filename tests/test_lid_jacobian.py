@@ -11,6 +11,7 @@ from dgmood.lid.jacobian import (
     decoder_jacobian,
     exact_lid,
     fast_lid,
+    lid_from_singular_values,
     lidl_from_jacobian,
     singular_values,
     soft_lid_from_singular_values,
@@ -153,3 +154,38 @@ def test_smoothed_fast_lid_resolves_a_threshold_deep_in_a_wide_spectrum():
     kw["generator"] = torch.Generator().manual_seed(0)
     step = fast_lid(flow.decode, z, 0.0, smoothing=0.0, **kw)
     assert np.all(step.numpy() < 65), step  # the failure the smoothing fixes
+
+
+def test_local_decoder_maps_every_row_to_its_point():
+    """Several points, several probes, a scrambled index: the anchored decoder gives each row its own
+    point's Jacobian, equal to the plain decoder's where the plain inverse reproduces the input."""
+    from dgmood.lid.slq import LocalDecoder, slq_quadrature
+
+    torch.manual_seed(0)
+    flow = TabularFlow(4, n_layers=2, hidden=8)
+    flow.train()
+    flow(torch.randn(16, 4))  # ActNorm initialisation
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(0.2 * torch.randn(p.shape))
+    flow.eval()
+    x = torch.randn(3, 4)
+    with torch.no_grad():
+        z, _, local = flow.encode_with_local_decoder(x)
+    anchored = LocalDecoder(local)
+    args = (2, 4)
+    th_a, w_a = slq_quadrature(anchored, z, *args, generator=torch.Generator().manual_seed(0))
+    th_p, w_p = slq_quadrature(flow.decode, z, *args, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(th_a, th_p, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(w_a, w_p, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(singular_values(anchored, z), singular_values(flow.decode, z), rtol=1e-4, atol=1e-6)
+    index = torch.tensor([2, 0, 2])
+    with torch.no_grad():
+        assert torch.equal(anchored.at(index)(z[index]), x[index])  # each row pinned to its own point
+
+
+def test_an_unmeasured_spectrum_counts_nan_never_zero():
+    sv = torch.tensor([[3.0, 2.0, 0.1], [float("nan")] * 3], dtype=torch.float64)
+    hard = lid_from_singular_values(sv, 0.0)
+    assert hard[0] == 2 and torch.isnan(hard[1])
+    assert torch.isnan(soft_lid_from_singular_values(sv, 0.0)[1])

@@ -198,8 +198,11 @@ class FlowSequence(nn.Module):
         self.layers = nn.ModuleList(layers)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        y, total, _ = self.forward_with_values(x)
-        return y, total
+        total = x.new_zeros(x.shape[0])
+        for layer in self.layers:
+            x, logdet = layer(x)
+            total = total + logdet
+        return x, total
 
     def forward_with_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """``(y, logdet, values)``: ``values[l]`` is what layer ``l`` received and ``values[-1]`` is ``y``
@@ -233,12 +236,13 @@ class FlowSequence(nn.Module):
         plain inverse gives where it reproduces the encoder's values, and
         finite far from the data, where a float32 inverse drifts from them
         and can overflow. Linear layers (``ActNorm``, the 1x1 convolution) have
-        the same Jacobian everywhere and are not pinned.
+        the same Jacobian everywhere and are not pinned; a layer is taken as
+        linear only when its class sets ``linear = True``.
         """
-        for l in reversed(range(len(self.layers))):
-            layer = self.layers[l]
-            if not layer.linear:
-                y = anchor(y, values[l + 1] if index is None else values[l + 1][index])
+        for i in reversed(range(len(self.layers))):
+            layer = self.layers[i]
+            if not getattr(layer, "linear", False):  # a layer that does not say it is linear is pinned
+                y = anchor(y, values[i + 1] if index is None else values[i + 1][index])
             y = layer.inverse(y)
         return anchor(y, values[0] if index is None else values[0][index])
 

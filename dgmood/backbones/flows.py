@@ -149,16 +149,19 @@ class ImageFlow(nn.Module):
     def _sigmoid(self, y: torch.Tensor) -> torch.Tensor:
         return (torch.sigmoid(y) - self.alpha) / (1.0 - self.alpha)
 
-    def _encode(self, v: torch.Tensor):
-        """``(z, logdet, values)``: ``values[i]`` the recorded layer values of level ``i``
+    def _encode(self, v: torch.Tensor, record: bool = False):
+        """``(z, logdet, values)``: with ``record``, ``values[i]`` the recorded layer values of level ``i``
         (:meth:`~dgmood.backbones.flow_layers.FlowSequence.forward_with_values`)."""
         v = v.reshape(v.shape[0], *self.input_shape)
         h, total = self._logit(v)
         latents, values = [], []
         for i, level in enumerate(self.levels):
-            h, logdet, level_values = level.forward_with_values(squeeze(h))
+            if record:  # the anchors of the local decoder; plain encoding keeps no activations
+                h, logdet, level_values = level.forward_with_values(squeeze(h))
+                values.append(level_values)
+            else:
+                h, logdet = level(squeeze(h))
             total = total + logdet
-            values.append(level_values)
             if i < len(self.levels) - 1:
                 half = h.shape[1] // 2
                 latents.append(h[:, :half].flatten(1))
@@ -201,7 +204,7 @@ class ImageFlow(nn.Module):
         the decoder Jacobian at the point, finite even where ``decode(z)``
         drifts from the input and overflows (far out of distribution).
         """
-        z, logdet, inputs = self._encode(dequantize(x, generator, shared_noise))
+        z, logdet, inputs = self._encode(dequantize(x, generator, shared_noise), record=True)
         return z, standard_normal_logpdf(z) + logdet, lambda index: lambda zz: self._decode(zz, inputs, index)
 
     def log_prob_dequantized(self, v: torch.Tensor) -> torch.Tensor:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import hvae_bounds
+from .hvae_bounds import _flat_sum
 
 # the layer classes stay importable here, so that models pickled before the split still load
 from .hvae_layers import (_ConvBlock, _DenseBlock, _Head, _Path, _Projection,  # noqa: F401
@@ -62,10 +63,6 @@ def binarize(
 def _log_normal(z: torch.Tensor, mu: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """Elementwise ``log N(z; mu, std^2)``."""
     return -0.5 * ((z - mu) / std) ** 2 - torch.log(std) - 0.5 * _LOG_2PI
-
-
-def _flat_sum(t: torch.Tensor) -> torch.Tensor:
-    return t.flatten(1).sum(1)
 
 
 class HierarchicalVAE(nn.Module):

@@ -55,7 +55,7 @@ def elbo(
     -------
     Tensor of shape (n,), nats.
     """
-    return model.skip_elbo(x, 0, generator=generator, shared_noise=shared_noise)
+    return skip_elbo(model, x, 0, generator=generator, shared_noise=shared_noise)
 
 
 def skip_elbo(

@@ -17,7 +17,7 @@ quadrature estimate of either count from Jacobian-vector and vector-Jacobian pro
 Every function takes ``decode`` (a batch function ``(n, D) -> (n, ...)`` that
 treats samples independently, e.g. ``flow.decode`` in eval mode) and latents
 ``z`` of shape ``(n, D)``. ``decode`` may instead be a *local decoder*
-(:class:`LocalDecoder`): ``decode(index)`` returns the decoder of a batch whose
+(:class:`~dgmood.lid.slq.LocalDecoder`): ``decode.at(index)`` returns the decoder of a batch whose
 row ``r`` lies at point ``index[r]`` (``encode_with_local_decoder`` of a
 :class:`~dgmood.backbones.protocols.LatentFlow`), whose Jacobian is taken at
 the encoder's own values and stays finite where a float32 inverse overflows.
@@ -104,7 +104,9 @@ def singular_values(decode: Decoder | LocalDecoder, z: torch.Tensor, chunk_size:
 def lid_from_singular_values(sv: torch.Tensor, log_tau: float) -> torch.Tensor:
     r""":math:`\mathrm{LID} = \#\{i: \sigma_i > \tau\}`, :math:`\tau = e^{\log\tau}` (the
     reference compares :math:`\lambda_i(J^\top J) > e^{2 \log\tau}`: the same set)."""
-    return (torch.as_tensor(sv) > math.exp(log_tau)).sum(-1).to(torch.float64)  # integers: exact in any order
+    sv = torch.as_tensor(sv)
+    count = (sv > math.exp(log_tau)).sum(-1).to(torch.float64)  # integers: exact in any order
+    return torch.where(torch.isnan(sv).any(-1), float("nan"), count)  # not measured: NaN, never 0
 
 
 def soft_lid_from_singular_values(sv: torch.Tensor, log_tau: float) -> torch.Tensor:
