@@ -28,7 +28,6 @@ computation: changing it may change the last bits (float32 round-off).
 from __future__ import annotations
 
 import copy
-import math
 from numbers import Integral, Real
 
 import numpy as np
@@ -40,9 +39,18 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from tqdm.auto import tqdm
 
 from .backbones.device import resolve_device
-from .backbones.fitting import fit_backbone
+from .backbones.fitting import check_backbone_name, fit_backbone
 from .backbones.protocols import check_backbone
 from .thresholds import threshold_at_rate
+from .validation import (
+    check_input_shape,
+    flatten_images,
+    image_shape,
+    repeat_by_weight,
+    resolve_data_range,
+    to_model_range,
+    warn_if_memory_cannot_hit,
+)
 
 __all__ = ["BaseDetector", "AUTO_CONTAMINATION"]
 
@@ -96,37 +104,9 @@ class BaseDetector(OutlierMixin, BaseEstimator):
     _generator_streams = 1
 
     # ------------------------------------------------------------------ input
-    def _image_shape(self) -> tuple[int, ...] | None:
-        shape = self.input_shape
-        if shape is None and isinstance(self.backbone, str) and self.backbone.startswith("pretrained:"):
-            from .pretrained import REGISTRY
-
-            spec = REGISTRY.get(self.backbone.split(":", 1)[1])
-            shape = spec.input_shape if spec is not None else None
-        if shape is None and isinstance(self.backbone, torch.nn.Module):
-            shape = getattr(self.backbone, "input_shape", None)
-        return tuple(int(s) for s in shape) if shape is not None else None
-
-    def _check_input_shape(self, n_features: int) -> tuple[int, ...]:
-        shape = self._image_shape()
-        if shape is None:
-            return (n_features,)
-        if any(s < 1 for s in shape) or math.prod(shape) != n_features:
-            raise ValueError(
-                f"input_shape={shape} has {math.prod(shape)} values but X has {n_features} "
-                f"features; images must be flattened to (n_samples, {math.prod(shape)})."
-            )
-        return shape
-
-    def _resolve_data_range(self, X: np.ndarray, shape: tuple[int, ...]) -> str:
-        if self.data_range != "auto":
-            return self.data_range
-        if X.dtype == np.uint8:
-            return "uint8"
-        return "unit" if len(shape) == 3 else "real"
-
     def _validate_X(self, X, reset: bool) -> np.ndarray:
         """Validated float32 array in the backbone's input range (2-D, finite)."""
+        X = flatten_images(X, self.input_shape_ if not reset else image_shape(self.backbone, self.input_shape))
         X = validate_data(
             self,
             X,
@@ -139,34 +119,9 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         if X.dtype.kind not in "uifb":
             raise ValueError(f"X must hold numbers (uint8 pixels or floats), got dtype {X.dtype}.")
         if reset:
-            self.input_shape_ = self._check_input_shape(X.shape[1])
-            self.data_range_ = self._resolve_data_range(X, self.input_shape_)
-            if self.data_range_ == "uint8" and len(self.input_shape_) != 3:
-                raise ValueError(
-                    "X holds 8-bit pixels (uint8) but no image input_shape was given: pass "
-                    f"input_shape=(channels, height, width) with product {X.shape[1]}, e.g. (1, 28, 28); "
-                    "for tabular data pass floats with data_range='real'."
-                )
-        return self._to_model_range(X)
-
-    def _to_model_range(self, X: np.ndarray) -> np.ndarray:
-        rng = self.data_range_
-        Xf = X.astype(np.float64, copy=False)
-        if rng == "uint8":
-            integral = np.all(Xf == np.round(Xf))
-            if Xf.min() < 0 or Xf.max() > 255 or not integral:
-                raise ValueError(
-                    "Expected 8-bit pixels (integers 0..255, as at fit), got values in "
-                    f"[{Xf.min():.4g}, {Xf.max():.4g}]{'' if integral else ' with fractions'}."
-                )
-            Xf = Xf / 255.0
-        elif rng == "unit":
-            if Xf.min() < 0 or Xf.max() > 1:
-                raise ValueError(
-                    f"Expected pixel values in [0, 1] (data_range='unit'), got [{Xf.min():.4g}, {Xf.max():.4g}]; "
-                    "pass uint8 0..255 images or rescale to [0, 1]."
-                )
-        return Xf.astype(np.float32)
+            self.input_shape_ = check_input_shape(image_shape(self.backbone, self.input_shape), X.shape[1])
+            self.data_range_ = resolve_data_range(self.data_range, X, self.input_shape_)
+        return to_model_range(X, self.data_range_)
 
     # ------------------------------------------------------------- backbone
     def _backbone_params(self) -> dict:
@@ -225,7 +180,7 @@ class BaseDetector(OutlierMixin, BaseEstimator):
 
     # ------------------------------------------------------------- fitting
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, sample_weight=None):
         """Train (or load) the backbone on part of ``X``; calibrate on the held-out rest.
 
         Parameters
@@ -234,12 +189,26 @@ class BaseDetector(OutlierMixin, BaseEstimator):
             In-distribution data: uint8 pixels 0..255, floats in [0, 1]
             (``data_range="unit"``), or real-valued features (``"real"``).
         y : ignored
+        sample_weight : array-like of shape (n_samples,) of whole numbers, default=None
+            0 excludes a row from training and calibration (a known OOD row),
+            k counts it k times (as k copies of the row). Model selection routes
+            it: ``GridSearchCV(...).fit(X, y, sample_weight=(y == 1))`` trains
+            and calibrates every fit, the refit included, on in-distribution
+            rows only (see :class:`~dgmood.model_selection.IDTrainKFold`).
+            Fractional weights are refused: deep backbones are not trained with
+            weighted losses.
 
         Returns
         -------
         self
         """
+        check_backbone_name(self.backbone, self._backbone_names, self._pretrained_kinds, type(self).__name__)
+        resolve_device(self.device)  # an unavailable device is an error in fit, trained or shipped alike
         Xf = self._validate_X(X, reset=True)
+        if sample_weight is not None:
+            Xf = repeat_by_weight(sample_weight, Xf)
+        if self._trains_backbone():
+            warn_if_memory_cannot_hit(self.memory, self.random_state)
         self.seed_ = _seed_from(self.random_state)  # one seed per fit: scoring reuses it
         if self._trains_backbone():
             n = len(Xf)
@@ -384,6 +353,37 @@ class BaseDetector(OutlierMixin, BaseEstimator):
     def ood_score(self, X) -> np.ndarray:
         """``-score_samples(X)``: higher = more out-of-distribution (PyOD / pytorch-ood convention)."""
         return -self.score_samples(X)
+
+    def score_and_predict(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """``(score_samples(X), predict(X))`` from one pass of the backbone (``predict`` alone recomputes
+        the scores)."""
+        scores = self.score_samples(X)
+        return scores, np.where(scores - self.offset_ < 0, -1, 1).astype(int)
+
+    def set_threshold(self, X, contamination="auto") -> "BaseDetector":
+        """Re-set ``offset_`` from fresh in-distribution data, without touching the backbone or the rule.
+
+        ``offset_`` becomes :func:`~dgmood.thresholds.threshold_at_rate` of
+        ``score_samples(X)`` at ``contamination`` (the target false-positive rate on
+        in-distribution data, as in ``fit``); the scores replace ``calibration_scores_``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), at least 2 in-distribution rows
+        contamination : "auto" or float in (0, 0.5], default="auto"
+
+        Returns
+        -------
+        self
+        """
+        rate = AUTO_CONTAMINATION if contamination == "auto" else float(contamination)
+        if not 0 < rate <= 0.5:
+            raise ValueError(f"contamination must be 'auto' or in (0, 0.5], got {contamination!r}.")
+        scores = self.score_samples(X)
+        if len(scores) < 2:
+            raise ValueError(f"set_threshold needs at least 2 in-distribution rows, got {len(scores)}.")
+        self.calibration_scores_, self.offset_ = scores, threshold_at_rate(scores, rate)
+        return self
 
     # ------------------------------------------------------------- pickling
     def __getstate__(self):

@@ -1,9 +1,11 @@
-"""Command line: ``dgmood demo | benchmark | train``.
+"""Command line: ``dgmood demo | benchmark | score | train``.
 
 * ``dgmood demo``: shipped weights, FashionMNIST test vs MNIST test, a metrics
   table with bootstrap intervals and PNG figures.
 * ``dgmood benchmark --detector NAME --id fashion_mnist --ood mnist --n N --json``:
   one JSON object on stdout, also written under ``benchmarks/results/``.
+* ``dgmood score MODEL.joblib --input X.npy --out scores.npy``: stream a
+  memory-mapped file through a fitted detector (:func:`dgmood.scoring.score_file`);
 * ``dgmood train NAME``: retrain a shipped backbone (``scripts/train_pretrained.py``).
 """
 
@@ -117,6 +119,18 @@ def _benchmark(args) -> int:
     return 0
 
 
+def _score(args) -> int:
+    import joblib
+
+    from .scoring import score_file
+
+    detector = joblib.load(args.model)
+    path = score_file(detector, args.input, args.out, labels_path=args.labels, chunk_batches=args.chunk_batches,
+                      progress=not args.quiet)
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
 def _train(args) -> int:
     import runpy
 
@@ -159,11 +173,18 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                        help="detector parameter, e.g. --param lid_method=exact (repeatable)")
     bench.add_argument("--verbose", type=int, default=0, help="1: progress bars")
+    score = sub.add_parser("score", help="score a .npy file with a fitted detector saved by joblib")
+    score.add_argument("model", help="a fitted detector, joblib.dump(detector, 'model.joblib')")
+    score.add_argument("--input", required=True, help=".npy of shape (n, n_features); memory-mapped")
+    score.add_argument("--out", required=True, help=".npy for the (n,) float64 scores")
+    score.add_argument("--labels", default=None, help="optional .npy for the +1/-1 predict labels")
+    score.add_argument("--chunk-batches", type=int, default=16, help="rows per chunk, in scoring batches")
+    score.add_argument("--quiet", action="store_true", help="no progress bar")
     train = sub.add_parser("train", help="retrain a shipped backbone")
     train.add_argument("rest", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     args.argv = argv[1:]
-    return {"demo": _demo, "benchmark": _benchmark, "train": _train}[args.command](args)
+    return {"demo": _demo, "benchmark": _benchmark, "score": _score, "train": _train}[args.command](args)
 
 
 if __name__ == "__main__":

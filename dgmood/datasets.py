@@ -33,6 +33,7 @@ __all__ = [
     "load_mnist",
     "load_digits",
     "load_dataset",
+    "load_images",
     "make_manifold",
     "DATASETS",
 ]
@@ -234,3 +235,44 @@ def make_manifold(
     if noise > 0:
         X = X + noise * rng.standard_normal(X.shape)
     return X
+
+
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def load_images(directory: str | os.PathLike, channels: int | None = None) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """A folder of PNG/JPEG images as a detector's input: ``(X, input_shape)``.
+
+    ``X`` is ``uint8`` of shape ``(n, C * H * W)``, one row per file in
+    sorted-name order (channels first, then rows, then columns, as
+    ``input_shape = (C, H, W)`` says), read with Pillow. ``channels``: 1
+    (greyscale, Pillow mode "L") or 3 ("RGB"); None takes 1 when every image
+    is greyscale, else 3. All images must share one size (no resizing is done
+    for you: the model's input size is a choice). Subfolders are not read.
+    """
+    from PIL import Image
+
+    folder = Path(directory)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"load_images: {str(folder)!r} is not a directory.")
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file())
+    if not paths:
+        raise ValueError(f"load_images: no {'/'.join(_IMAGE_SUFFIXES)} files in {str(folder)!r}.")
+    if channels not in (None, 1, 3):
+        raise ValueError(f"channels must be 1, 3 or None, got {channels!r}.")
+    images = [Image.open(p) for p in paths]
+    if channels is None:
+        channels = 1 if all(im.mode in ("L", "1", "I;16", "I") for im in images) else 3
+    mode = "L" if channels == 1 else "RGB"
+    sizes = {im.size for im in images}
+    if len(sizes) > 1:
+        raise ValueError(f"load_images: the images in {str(folder)!r} have {len(sizes)} different sizes "
+                         f"(width, height) {sorted(sizes)[:4]}; resize them to one size first.")
+    arrays = [np.asarray(im.convert(mode), dtype=np.uint8) for im in images]
+    X = np.stack(arrays)  # (n, H, W) or (n, H, W, 3)
+    if channels == 3:
+        X = X.transpose(0, 3, 1, 2)
+    else:
+        X = X[:, None]
+    shape = tuple(int(s) for s in X.shape[1:])
+    return X.reshape(len(X), -1), shape

@@ -3,9 +3,22 @@
 :func:`make_ood_scorer` turns a metric of :mod:`dgmood.metrics` (OOD as the
 positive class) into a ``scorer(estimator, X, y)`` for
 :class:`~sklearn.model_selection.GridSearchCV` and friends. Labels follow
-``predict`` of outlier detectors. Splitters suited to detectors (ID-only
-training folds) will live here as well; :mod:`dgmood.metrics` re-exports
-:func:`make_ood_scorer`.
+``predict`` of outlier detectors. :class:`IDTrainKFold` splits labelled data
+so that no OOD row reaches a training fold and every test fold holds both
+classes. :mod:`dgmood.metrics` re-exports :func:`make_ood_scorer`.
+
+A search that cannot leak OOD rows into any fit, the final refit included::
+
+    from sklearn.model_selection import GridSearchCV
+    from dgmood.model_selection import IDTrainKFold, make_ood_scorer
+
+    search = GridSearchCV(detector, {"contamination": [0.01, 0.05]},
+                          scoring=make_ood_scorer("balanced_accuracy"), cv=IDTrainKFold(3))
+    search.fit(X, y, sample_weight=(y == 1))  # y: +1 ID, -1 OOD; weight 0 keeps OOD rows out of fit
+
+The splitter keeps OOD rows out of the folds' fits; ``sample_weight`` keeps
+them out of the refit on all of ``X``, which ``GridSearchCV`` makes with
+every row.
 """
 
 from __future__ import annotations
@@ -14,8 +27,9 @@ from typing import Callable
 
 import numpy as np
 from numpy.typing import ArrayLike
+from sklearn.model_selection import StratifiedKFold
 
-__all__ = ["make_ood_scorer"]
+__all__ = ["make_ood_scorer", "IDTrainKFold"]
 
 
 def _metric_table() -> dict:
@@ -117,3 +131,49 @@ def make_ood_scorer(metric: str = "auroc") -> Callable[..., float]:
     if not isinstance(metric, str) or metric not in valid:
         raise ValueError(f"metric must be one of {valid}; got {metric!r}.")
     return _OODScorer(metric)
+
+
+class IDTrainKFold:
+    """K folds for detectors on labelled data: training folds hold ID rows only, test folds both classes.
+
+    Stratified K-fold over ``y`` (+1 ID, -1 OOD; sklearn's
+    :class:`~sklearn.model_selection.StratifiedKFold`), then every OOD row is
+    dropped from the training indices: a detector is fitted on
+    in-distribution data, and every test fold has ID and OOD rows for the
+    scorer. Pass ``sample_weight=(y == 1)`` to the search's ``fit`` as well,
+    so the final refit on all rows also leaves the OOD rows out.
+
+    Parameters
+    ----------
+    n_splits : int, default=5
+    shuffle : bool, default=True
+    random_state : int, RandomState instance or None, default=0
+    """
+
+    def __init__(self, n_splits: int = 5, shuffle: bool = True, random_state=0):
+        self.n_splits, self.shuffle, self.random_state = int(n_splits), bool(shuffle), random_state
+
+    def get_n_splits(self, X=None, y=None, groups=None) -> int:
+        return self.n_splits
+
+    def split(self, X, y=None, groups=None):
+        """Yield ``(train, test)`` index arrays; ``train`` holds only rows with ``y == +1``."""
+        if y is None:
+            raise ValueError("IDTrainKFold needs y (+1 ID, -1 OOD) to keep OOD rows out of training folds.")
+        y = np.asarray(y).ravel()
+        labels = set(np.unique(y).tolist())
+        if labels != {1, -1}:
+            raise ValueError(
+                f"IDTrainKFold needs both classes, +1 (ID) and -1 (OOD), in y; got {sorted(labels, key=str)}."
+            )
+        counts = min(int((y == 1).sum()), int((y == -1).sum()))
+        if counts < self.n_splits:
+            raise ValueError(f"IDTrainKFold(n_splits={self.n_splits}) needs at least {self.n_splits} rows of each "
+                             f"class; the smaller class has {counts}.")
+        folds = StratifiedKFold(self.n_splits, shuffle=self.shuffle,
+                                random_state=self.random_state if self.shuffle else None)
+        for train, test in folds.split(np.zeros(len(y)), y):
+            yield train[y[train] == 1], test
+
+    def __repr__(self) -> str:
+        return f"IDTrainKFold(n_splits={self.n_splits}, shuffle={self.shuffle}, random_state={self.random_state})"

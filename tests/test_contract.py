@@ -99,9 +99,9 @@ def test_not_fitted_errors(tabular):
 
 
 def test_unknown_backbone(tabular):
-    with pytest.raises(ValueError, match="backbone must be"):
+    with pytest.raises(ValueError, match="unknown backbone .glow. \\(did you mean .flow.\\?\\)"):
         LikelihoodDetector(backbone="glow", max_epochs=1).fit(tabular[:50])
-    with pytest.raises(ValueError, match="Unknown pretrained"):
+    with pytest.raises(ValueError, match="unknown backbone .pretrained:nope."):
         LikelihoodDetector(backbone="pretrained:nope", input_shape=(3,), max_epochs=1).fit(tabular[:50])
 
 

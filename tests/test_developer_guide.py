@@ -205,7 +205,7 @@ def test_named_family(monkeypatch):
     # trained from mu = 0, sigma = 1 by maximum likelihood: near the sample mean and sd
     np.testing.assert_allclose(det.backbone_.mu.detach().numpy(), X_train.mean(0), atol=0.15)
     np.testing.assert_allclose(det.backbone_.log_sigma.exp().detach().numpy(), X_train.std(0), rtol=0.1)
-    with pytest.raises(ValueError, match="backbone must be one of"):
+    with pytest.raises(ValueError, match="unknown backbone .gauss."):
         LikelihoodDetector(backbone="gauss", max_epochs=1).fit(X_train)  # not among its names
 
 

@@ -211,7 +211,7 @@ def test_likelihood_follows_the_data_range(X_id, digits, image_detector):
     assert image_detector.backbone_.likelihood == "bernoulli"
     with pytest.raises(ValueError, match="Bernoulli"):
         _tiny(backbone_params={**TABULAR, "likelihood": "bernoulli"}).fit(X_id[:100])
-    with pytest.raises(ValueError, match="backbone must be"):
+    with pytest.raises(ValueError, match="unknown backbone .flow.; valid: \\[.hvae., .pretrained:fmnist-hvae.\\]"):
         _tiny(backbone="flow").fit(X_id[:100])
 
 

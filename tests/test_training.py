@@ -1,6 +1,7 @@
 """The skorch trainer: schedules by progress, resumable checkpoints, time budget."""
 
 import numpy as np
+import pytest
 import torch
 
 from dgmood.backbones.flows import TabularFlow
@@ -48,3 +49,30 @@ def test_time_budget_stops_training():
     _, history = train_module(TabularFlow(2, n_layers=1, hidden=4), X, input_shape=(2,), max_epochs=50,
                               time_budget=1e-6, patience=None)
     assert len(history) == 1
+
+
+@pytest.mark.parametrize("n_rows", [130, 135, 142, 160])
+def test_a_training_split_under_two_batches_still_trains(n_rows):
+    """drop_last is decided on skorch's training split: 135 rows at batch 128 (121 after the 10 %
+    validation split) once left no training batch and failed with KeyError 'train_loss'."""
+    X = np.random.default_rng(0).normal(size=(n_rows, 2)).astype(np.float32)
+    _, history = train_module(TabularFlow(2, n_layers=1, hidden=4), X, input_shape=(2,), max_epochs=1,
+                              batch_size=128)
+    assert len(history) == 1 and np.isfinite(history[0]["train_loss"])
+
+
+def test_a_detector_fits_150_tabular_rows():
+    """The user-visible form: fit holds out calibration rows first, so 150 rows reached the trainer
+    as about 135 and crashed with KeyError 'train_loss'."""
+    from dgmood import LikelihoodDetector
+
+    X150 = np.random.default_rng(1).normal(size=(150, 3))
+    det = LikelihoodDetector(backbone="flow", max_epochs=1, random_state=0).fit(X150)
+    assert len(det.history_) == 1 and np.all(np.isfinite(det.score_samples(X150)))
+
+
+def test_warns_when_training_ends_with_the_validation_loss_still_improving():
+    from sklearn.exceptions import ConvergenceWarning
+
+    with pytest.warns(ConvergenceWarning, match="still improving"):
+        train_module(TabularFlow(2, n_layers=1, hidden=4), X, input_shape=(2,), max_epochs=2)

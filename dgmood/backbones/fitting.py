@@ -18,7 +18,7 @@ import torch
 
 from .training import train_module
 
-__all__ = ["BackboneKind", "BACKBONES", "FittedBackbone", "fit_backbone", "train_state"]
+__all__ = ["BackboneKind", "BACKBONES", "FittedBackbone", "check_backbone_name", "fit_backbone", "train_state"]
 
 
 def _flow_spec(input_shape, params):
@@ -96,6 +96,34 @@ def _memory(memory) -> joblib.Memory:
     return memory
 
 
+def check_backbone_name(backbone, names: tuple[str, ...], pretrained_kinds, who: str = "This detector") -> None:
+    """A ``ValueError`` naming the valid choices (and the closest one) for a backbone string that is none.
+
+    Checked first in ``fit``, before anything is inferred from the name (such as ``input_shape``).
+    Modules pass; their members are checked against the detector's protocol after fitting.
+    """
+    if not isinstance(backbone, str):
+        if isinstance(backbone, torch.nn.Module):
+            return
+        raise ValueError(f"{who}: backbone must be a name, 'pretrained:<name>' or an nn.Module, "
+                         f"got {type(backbone).__name__}.")
+    import difflib
+
+    from ..pretrained import REGISTRY
+
+    shipped = [f"pretrained:{name}" for name, spec in REGISTRY.items() if spec.kind in pretrained_kinds]
+    valid = [n for n in names if n in BACKBONES] + shipped
+    if backbone in valid:
+        return
+    if backbone.startswith("pretrained:") and backbone.split(":", 1)[1] in REGISTRY:
+        kind = REGISTRY[backbone.split(":", 1)[1]].kind
+        raise ValueError(f"{who} needs a backbone of kind {sorted(pretrained_kinds)}; {backbone!r} is a {kind!r}. "
+                         f"Valid: {valid} or an nn.Module.")
+    close = difflib.get_close_matches(backbone, valid, n=1, cutoff=0.6)
+    raise ValueError(f"{who}: unknown backbone {backbone!r}"
+                     f"{f' (did you mean {close[0]!r}?)' if close else ''}; valid: {valid} or an nn.Module.")
+
+
 def fit_backbone(
     backbone: str | torch.nn.Module,
     X_train: np.ndarray,
@@ -126,6 +154,7 @@ def fit_backbone(
     memory : None, str or ``joblib.Memory``: cache of trained named backbones.
     who : the detector's name, for error messages.
     """
+    check_backbone_name(backbone, names, pretrained_kinds, who)
     if isinstance(backbone, torch.nn.Module):
         module = copy.deepcopy(backbone).cpu()  # never move the user's module
         history: list = []
@@ -137,16 +166,14 @@ def fit_backbone(
         from ..pretrained import load_pretrained
 
         module, spec = load_pretrained(backbone.split(":", 1)[1])
-        if spec.kind not in pretrained_kinds:
-            raise ValueError(
-                f"{who} needs a backbone of kind {sorted(pretrained_kinds)}; {backbone!r} is a {spec.kind!r}."
-            )
         if tuple(spec.input_shape) != tuple(input_shape):
             raise ValueError(f"{backbone!r} expects input_shape {spec.input_shape}, got {tuple(input_shape)}.")
         return FittedBackbone(module.eval(), [], spec.metadata())
-    if backbone not in names or backbone not in BACKBONES:
+    if int(train_kwargs["max_epochs"]) < 1:
         raise ValueError(
-            f"backbone must be one of {list(names)}, 'pretrained:<name>' or an nn.Module, got {backbone!r}."
+            f"{who}: backbone={backbone!r} is trained from scratch and needs max_epochs >= 1, got "
+            f"{train_kwargs['max_epochs']}. To use a module that is already trained, pass it as backbone= "
+            "with max_epochs=0, or a shipped one as 'pretrained:<name>'."
         )
     kind = BACKBONES[backbone]
     params = dict(params or {})

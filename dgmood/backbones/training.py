@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.exceptions import ConvergenceWarning
 from skorch import NeuralNet
 from skorch.callbacks import (
     Callback,
@@ -56,6 +58,17 @@ class UnsupervisedNet(NeuralNet):
                 "lower the learning rate (lr) or check the input data for extreme values."
             )
         return loss
+
+    def get_iterator(self, dataset, training=False):
+        """The training iterator drops a last partial batch only when the training split holds more than
+        one batch: decided on the split skorch made, not on the data before its validation split (a
+        training set a little over one batch would otherwise leave no batch at all)."""
+        if not training:
+            return super().get_iterator(dataset, training)
+        kwargs = self.get_params_for("iterator_train")
+        kwargs.setdefault("batch_size", self.batch_size)
+        kwargs["drop_last"] = len(dataset) > kwargs["batch_size"]
+        return self.iterator_train(dataset, **kwargs)
 
 
 class TimeBudget(Callback):
@@ -202,7 +215,6 @@ def train_module(
         batch_size=batch_size,
         optimizer=torch.optim.Adam,
         iterator_train__shuffle=True,
-        iterator_train__drop_last=len(data) > batch_size,
         train_split=ValidSplit(validation_fraction, stratified=False, random_state=random_state)
         if use_valid
         else None,
@@ -222,6 +234,15 @@ def train_module(
     if not math.isfinite(train_loss):
         raise FloatingPointError("Training ended with a non-finite loss; lower lr.")
     history = [{k: v for k, v in row.items() if k != "batches"} for row in net.history]
+    if use_valid and max_epochs >= 2 and net.max_epochs > 0 and len(history) >= max_epochs \
+            and history[-1].get("valid_loss_best"):
+        warnings.warn(
+            f"Training ran all max_epochs={max_epochs} epochs and the validation loss was still improving "
+            f"at the last one ({history[-1]['valid_loss']:.4g}): the backbone may be undertrained; raise "
+            "max_epochs (early stopping ends training once the validation loss stops improving).",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
     module = net.module_
     module.eval()
     return module, history

@@ -59,9 +59,9 @@ class LIDLikelihoodDetector(BaseDetector):
     backbone : "flow", "pretrained:fmnist-flow" or an ``nn.Module``
         A module follows the protocol its LID estimator asks for: for "exact"
         and "fast", :class:`~dgmood.backbones.protocols.LatentFlow`
-        (``encode_with_log_prob``, ``decode``, ... as :class:`~dgmood.backbones.flows.ImageFlow`);
+        (``encode_with_local_decoder``, ``decode``, ... as :class:`~dgmood.backbones.flows.ImageFlow`);
         checked in ``fit``.
-    lid_method : {"exact", "fast"} or LIDEstimator, default="exact"
+    lid_method : {"exact", "fast"} or LIDEstimator, default="fast"
         "exact": the full Jacobian (D vector-Jacobian products per point)
         and its singular values; "fast": stochastic Lanczos quadrature with
         ``n_probes`` probes x ``n_steps`` Golub-Kahan steps (``2 n_probes n_steps``
@@ -75,8 +75,9 @@ class LIDLikelihoodDetector(BaseDetector):
         the decoder outputs ([0, 1] pixels for images). "auto": bisection so
         that the mean LID of ``n_calibration`` held-out points equals
         ``lid_target``.
-    lid_target : float, "pretrained" or None
-        Target mean LID for "auto". None: local PCA of the fit data
+    lid_target : float, "auto", "pretrained" or None, default="auto"
+        Target mean LID for ``log_tau="auto"``. "auto": "pretrained" for a
+        shipped backbone that records a target, else None. None: local PCA of the fit data
         (``lpca_neighbors`` neighbours, Fukunaga-Olsen cut at ``lpca_alpha``);
         it needs many fit samples, since k neighbours show at most k - 1
         dimensions (a warning says when fewer than ``lpca_neighbors`` were
@@ -135,7 +136,7 @@ class LIDLikelihoodDetector(BaseDetector):
         **BaseDetector._parameter_constraints,
         "lid_method": [StrOptions(set(LID_METHODS)), HasMethods(["raw", "count", "calibrate"])],
         "log_tau": [StrOptions({"auto"}), Real],
-        "lid_target": [Interval(Real, 0, None, closed="neither"), StrOptions({"pretrained"}), None],
+        "lid_target": [Interval(Real, 0, None, closed="neither"), StrOptions({"auto", "pretrained"}), None],
         "count": [StrOptions({"hard", "soft"})],
         "rule": [StrOptions({"joint", "min-cdf"})],
         "n_probes": [Interval(Integral, 1, None, closed="left")],
@@ -150,9 +151,9 @@ class LIDLikelihoodDetector(BaseDetector):
         self,
         backbone="flow",
         *,
-        lid_method="exact",
+        lid_method="fast",
         log_tau="auto",
-        lid_target=None,
+        lid_target="auto",
         count="hard",
         rule="min-cdf",
         n_probes=1,
@@ -251,9 +252,10 @@ class LIDLikelihoodDetector(BaseDetector):
         if bad.size:
             raise ValueError(
                 f"LID is undefined for {bad.size} input(s) (rows {bad[:10].tolist()}"
-                f"{' ...' if bad.size > 10 else ''}): the backbone's decoder Jacobian at their points is not "
-                "finite in float32. The flow contracts these inputs so strongly (coupling scales down to 1e-30 "
-                "or less) that the inverse's derivatives exceed float32's range. These inputs are far out of "
+                f"{' ...' if bad.size > 10 else ''}): the LID estimator could not measure them (the backbone's "
+                "decoder Jacobian is not finite in float32 there: a flow that contracts an input so strongly, "
+                "e.g. coupling scales of 1e-30, has inverse derivatives beyond float32's range). These inputs "
+                "are far out of "
                 "distribution; score them with LikelihoodDetector, or drop them."
             )
 
@@ -269,10 +271,11 @@ class LIDLikelihoodDetector(BaseDetector):
         if self.log_tau != "auto":
             self.log_tau_, self.lid_target_ = float(self.log_tau), None
             return
-        if self.lid_target == "pretrained":
+        if self.lid_target == "pretrained" or (
+                self.lid_target == "auto" and self.backbone_metadata_.get("lid_calibration")):
             self.lid_target_ = self._pretrained_lid_target()
             return
-        if self.lid_target is not None:
+        if self.lid_target not in (None, "auto"):
             self.lid_target_ = float(self.lid_target)
             return
         X_fit = np.concatenate([X_train, X_cal])

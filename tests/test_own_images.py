@@ -1,0 +1,44 @@
+"""A user's own images, from a folder to a fitted detector (issue 13)."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dgmood import LikelihoodDetector
+from dgmood.datasets import load_images
+
+
+def _write(folder, images, mode):
+    folder.mkdir()
+    for i, img in enumerate(images):
+        Image.fromarray(img).save(folder / f"img_{i:03d}.png")
+
+
+def test_rgb_folder_to_a_detector_on_3x32x32(tmp_path):
+    rng = np.random.default_rng(0)
+    base = rng.integers(60, 200, (1, 32, 32, 3))
+    rgb = np.clip(base + rng.integers(-20, 20, (40, 32, 32, 3)), 0, 255).astype(np.uint8)
+    _write(tmp_path / "rgb", rgb, "RGB")
+    X, shape = load_images(tmp_path / "rgb")
+    assert shape == (3, 32, 32) and X.dtype == np.uint8 and X.shape == (40, 3 * 32 * 32)
+    np.testing.assert_array_equal(X[5].reshape(3, 32, 32), rgb[5].transpose(2, 0, 1))  # channels first
+    det = LikelihoodDetector(backbone="flow", input_shape=shape, backbone_params={"hidden": 8, "steps_per_level": 1},
+                             max_epochs=1, batch_size=16, random_state=0).fit(X)
+    noise = rng.integers(0, 256, (4, 3 * 32 * 32), dtype=np.uint8)
+    assert np.all(np.isfinite(det.score_samples(noise)))
+    assert det.score_samples(X[:4].reshape(4, 3, 32, 32)).shape == (4,)  # image arrays accepted too
+
+
+def test_grey_folder_and_errors(tmp_path):
+    grey = np.random.default_rng(1).integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    _write(tmp_path / "grey", grey, "L")
+    X, shape = load_images(tmp_path / "grey")
+    assert shape == (1, 28, 28)
+    np.testing.assert_array_equal(X, grey.reshape(3, -1))
+    assert load_images(tmp_path / "grey", channels=3)[1] == (3, 28, 28)
+    Image.fromarray(grey[0][:20]).save(tmp_path / "grey" / "z_small.png")
+    with pytest.raises(ValueError, match="different sizes"):
+        load_images(tmp_path / "grey")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no .png"):
+        load_images(tmp_path / "empty")
