@@ -149,11 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="shipped weights: FashionMNIST vs MNIST table and figures")
     # sized to finish in under 5 minutes on 2 slow cores; `dgmood benchmark` runs the full-size rows
-    demo.add_argument("--n", type=int, default=1000, help="test images per set")
-    demo.add_argument("--n-cal", type=int, default=1000, help="held-out training images to calibrate on")
-    demo.add_argument("--n-lid", type=int, default=80, help="test images per set for lid-flow")
-    demo.add_argument("--n-cal-lid", type=int, default=40, help="held-out images calibrating lid-flow's tau")
-    demo.add_argument("--n-hvae", type=int, default=150, help="test (and calibration) images per set for hvae-llr")
+    demo.add_argument("--n", type=int, default=500, help="test images per set")
+    demo.add_argument("--n-cal", type=int, default=500, help="held-out training images to calibrate on")
+    demo.add_argument("--n-lid", type=int, default=64, help="test images per set for lid-flow")
+    demo.add_argument("--n-cal-lid", type=int, default=64, help="held-out images calibrating lid-flow's tau")
+    demo.add_argument("--n-hvae", type=int, default=120, help="test (and calibration) images per set for hvae-llr")
     demo.add_argument("--detectors", nargs="+", default=["likelihood", "typicality", "lid-flow", "hvae-llr"],
                       choices=sorted(DETECTORS))
     demo.add_argument("--out", default="demo_output")
