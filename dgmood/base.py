@@ -28,6 +28,7 @@ computation: changing it may change the last bits (float32 round-off).
 from __future__ import annotations
 
 import copy
+import os
 from numbers import Integral, Real
 
 import numpy as np
@@ -41,6 +42,7 @@ from tqdm.auto import tqdm
 from .backbones.device import resolve_device
 from .backbones.fitting import check_backbone_name, fit_backbone
 from .backbones.protocols import check_backbone
+from .pretrained import as_registered
 from .thresholds import threshold_at_rate
 from .validation import (
     check_input_shape,
@@ -49,6 +51,7 @@ from .validation import (
     repeat_by_weight,
     resolve_data_range,
     to_model_range,
+    warn_if_calibrating_on_training_images,
     warn_if_memory_cannot_hit,
 )
 
@@ -83,7 +86,7 @@ class BaseDetector(OutlierMixin, BaseEstimator):
     """
 
     _parameter_constraints: dict = {
-        "backbone": [str, torch.nn.Module],
+        "backbone": [str, os.PathLike, torch.nn.Module],
         "backbone_params": [dict, None],
         "input_shape": [tuple, list, None],
         "data_range": [StrOptions({"auto", "uint8", "unit", "real"})],
@@ -217,6 +220,7 @@ class BaseDetector(OutlierMixin, BaseEstimator):
             X_train, X_cal = Xf[perm[n_cal:]], Xf[perm[:n_cal]]
         else:  # a pretrained backbone is not trained here: all of X calibrates
             X_train, X_cal = Xf[:0], Xf
+            warn_if_calibrating_on_training_images(as_registered(self.backbone), Xf, self.data_range_)
         self._fit_backbone(X_train)
         self._prepare(X_train, X_cal)
         raw = self._raw_components(X_cal)
@@ -231,8 +235,9 @@ class BaseDetector(OutlierMixin, BaseEstimator):
 
     def _trains_backbone(self) -> bool:
         """Whether ``fit`` trains the backbone (then a held-out slice calibrates)."""
-        if isinstance(self.backbone, str):
-            return not self.backbone.startswith("pretrained:")
+        backbone = as_registered(self.backbone)
+        if isinstance(backbone, str):
+            return not backbone.startswith("pretrained:")
         return self.max_epochs > 0
 
     def _prepare(self, X_train: np.ndarray, X_cal: np.ndarray) -> None:

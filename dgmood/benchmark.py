@@ -24,7 +24,7 @@ __all__ = ["DETECTORS", "make_detector", "run_benchmark", "results_table"]
 DETECTORS: dict[str, tuple[str, str, dict]] = {
     "likelihood": ("LikelihoodDetector", "pretrained:fmnist-flow", {}),
     "typicality": ("TypicalityDetector", "pretrained:fmnist-flow", {}),
-    "lid-flow": ("LIDLikelihoodDetector", "pretrained:fmnist-flow", {"lid_method": "fast"}),
+    "lid-flow": ("LIDLikelihoodDetector", "pretrained:fmnist-flow", {}),  # the defaults: fast LID, shipped target
     "hvae-llr": ("HVAELikelihoodRatioDetector", "pretrained:fmnist-hvae", {"k": "auto", "n_samples": 16}),
 }
 

@@ -6,7 +6,9 @@
   one JSON object on stdout, also written under ``benchmarks/results/``.
 * ``dgmood score MODEL.joblib --input X.npy --out scores.npy``: stream a
   memory-mapped file through a fitted detector (:func:`dgmood.scoring.score_file`);
-* ``dgmood train NAME``: retrain a shipped backbone (``scripts/train_pretrained.py``).
+* ``dgmood train {flow,hvae} --data X.npz|DIR --out DIR``: train a backbone on your own images
+  (:func:`dgmood.backbones.store.train_backbone`; checkpoints and resume in ``DIR/checkpoints``);
+* ``dgmood train NAME``: retrain a shipped backbone (``scripts/train_pretrained.py``, source checkout).
 """
 
 from __future__ import annotations
@@ -131,7 +133,38 @@ def _score(args) -> int:
     return 0
 
 
+def _train_own(rest: list[str]) -> int:
+    from .backbones.store import load_training_data, train_backbone
+
+    parser = argparse.ArgumentParser(prog="dgmood train", description="Train a backbone on your own images.")
+    parser.add_argument("kind", choices=["flow", "hvae"])
+    parser.add_argument("--data", required=True, help=".npz (array X), .npy or a folder of PNG/JPEG images")
+    parser.add_argument("--input-shape", type=int, nargs=3, metavar=("C", "H", "W"), default=None)
+    parser.add_argument("--out", required=True, help="directory for <name>.pt, <name>.json and checkpoints/")
+    parser.add_argument("--name", default=None)
+    parser.add_argument("--max-epochs", type=int, default=20)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="architecture argument, e.g. --param hidden=64 (repeatable)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--random-state", type=int, default=0)
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(rest)
+    X, shape = load_training_data(args.data, args.input_shape)
+    path = train_backbone(
+        args.kind, X, shape, args.out, name=args.name, architecture=_parse_params(args.param),
+        max_epochs=args.max_epochs, lr=args.lr, batch_size=args.batch_size, device=args.device,
+        random_state=args.random_state, verbose=0 if args.quiet else 1,
+        command="dgmood train " + " ".join(rest),
+    )
+    print(f"wrote {path} (use backbone={str(path)!r})", file=sys.stderr)
+    return 0
+
+
 def _train(args) -> int:
+    if args.rest and args.rest[0] in ("flow", "hvae"):
+        return _train_own(args.rest)
     import runpy
 
     script = Path(__file__).resolve().parents[1] / "scripts" / "train_pretrained.py"
@@ -180,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     score.add_argument("--labels", default=None, help="optional .npy for the +1/-1 predict labels")
     score.add_argument("--chunk-batches", type=int, default=16, help="rows per chunk, in scoring batches")
     score.add_argument("--quiet", action="store_true", help="no progress bar")
-    train = sub.add_parser("train", help="retrain a shipped backbone")
+    train = sub.add_parser("train", help="train a backbone on your images: train {flow,hvae} --data ... --out DIR "
+                                         "(or retrain a shipped one from a source checkout: train NAME)")
     train.add_argument("rest", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     args.argv = argv[1:]

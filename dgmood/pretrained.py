@@ -18,7 +18,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-__all__ = ["PretrainedSpec", "REGISTRY", "build_module", "load_pretrained", "heldout_images", "sha256"]
+__all__ = ["PretrainedSpec", "REGISTRY", "build_module", "load_pretrained", "heldout_images", "sha256", "register",
+           "as_registered", "trained_rows"]
 
 _WEIGHTS = Path(__file__).parent / "weights"
 
@@ -46,14 +47,15 @@ class PretrainedSpec:
     dataset: str = "fashion_mnist"
     input_shape: tuple[int, ...] = (1, 28, 28)
     train: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None  # a registered backbone's .pt (None: shipped in dgmood/weights/)
 
     @property
     def weights_path(self) -> Path:
-        return _WEIGHTS / f"{self.name}.pt"
+        return self.path if self.path is not None else _WEIGHTS / f"{self.name}.pt"
 
     @property
     def metadata_path(self) -> Path:
-        return _WEIGHTS / f"{self.name}.json"
+        return self.weights_path.with_suffix(".json")
 
     def metadata(self) -> dict:
         if not self.metadata_path.is_file():
@@ -140,6 +142,9 @@ def heldout_images(name: str, n: int | None = None, random_state: int | None = 0
     from .datasets import load_dataset
 
     spec = _spec(name)
+    if not spec.dataset:
+        raise ValueError(f"{name!r} was registered without a dataset: its held-out indices "
+                         "(metadata 'heldout_train_indices') are rows of your own training file.")
     idx = np.asarray(spec.metadata().get("heldout_train_indices", []), dtype=int)
     if len(idx) == 0:
         raise ValueError(f"{spec.metadata_path} records no held-out training images (heldout_train_indices).")
@@ -150,3 +155,76 @@ def heldout_images(name: str, n: int | None = None, random_state: int | None = 0
         idx = np.sort(rng.choice(idx, min(int(n), len(idx)), replace=False))
     X_train, _ = load_dataset(spec.dataset, "train")
     return X_train[idx]
+
+
+def register(name: str, path: str | Path, dataset: str | None = None) -> PretrainedSpec:
+    """Make a stored backbone (:mod:`dgmood.backbones.store`) loadable as ``"pretrained:<name>"``.
+
+    ``path`` is its ``.pt`` (the ``.json`` beside it says its kind and
+    architecture). ``dataset``: the :func:`~dgmood.datasets.load_dataset` name
+    of its training data, when :func:`heldout_images` should serve it (else
+    the held-out indices refer to the user's own training file). Shipped
+    names cannot be replaced. Lasts for the session: call it where the
+    detector is built (a pickled detector keeps its fitted module).
+    """
+    from .backbones.fitting import BACKBONES
+    from .backbones.store import read_metadata
+
+    if name in REGISTRY and REGISTRY[name].path is None:
+        raise ValueError(f"{name!r} is a shipped backbone; register yours under another name.")
+    meta = read_metadata(path)
+    kind = meta["kind"]
+    arch = dict(meta["architecture"])
+    shape = tuple(int(s) for s in arch.pop("input_shape"))
+    build, kwargs = BACKBONES[kind].spec(shape, arch)
+    spec = PretrainedSpec(name=name, kind=kind, builder=build, kwargs=kwargs, dataset=dataset or "",
+                          input_shape=shape, path=Path(path).with_suffix(".pt").resolve())
+    REGISTRY[name] = spec
+    return spec
+
+
+def as_registered(backbone):
+    """``backbone`` with a stored backbone's path (a ``.pt`` string or ``os.PathLike``) replaced by
+    ``"pretrained:<path>"``, registering it under its resolved path; anything else unchanged."""
+    import os
+
+    if isinstance(backbone, os.PathLike) or (isinstance(backbone, str) and backbone.endswith(".pt")
+                                              and not backbone.startswith("pretrained:")):
+        path = Path(backbone).resolve()
+        key = str(path)
+        if key not in REGISTRY:
+            register(key, path)
+        return f"pretrained:{key}"
+    return backbone
+
+
+def _row_hashes(X: np.ndarray) -> np.ndarray:
+    """A 64-bit hash per uint8 row (a fixed random linear form, wrapping): equal rows, equal hashes."""
+    weights = np.random.default_rng(12345).integers(1, 2**63 - 1, X.shape[1], dtype=np.uint64) | np.uint64(1)
+    with np.errstate(over="ignore"):
+        return (X.astype(np.uint64) * weights).sum(axis=1, dtype=np.uint64)
+
+
+_TRAINED_HASHES: dict[str, np.ndarray] = {}
+
+
+def trained_rows(name: str, X: np.ndarray) -> np.ndarray:
+    """Mask of the rows of ``X`` (uint8, flattened) that are images the shipped backbone ``name`` trained on.
+
+    Its training set minus its held-out rows; an empty mask when the backbone
+    records no dataset or the dataset is not installed here.
+    """
+    spec = _spec(name)
+    if not spec.dataset or X.shape[1] != int(np.prod(spec.input_shape)):
+        return np.zeros(len(X), dtype=bool)
+    if name not in _TRAINED_HASHES:
+        from .datasets import load_dataset
+
+        try:
+            X_train, _ = load_dataset(spec.dataset, "train")
+        except FileNotFoundError:
+            return np.zeros(len(X), dtype=bool)
+        keep = np.ones(len(X_train), dtype=bool)
+        keep[np.asarray(spec.metadata().get("heldout_train_indices", []), dtype=int)] = False
+        _TRAINED_HASHES[name] = np.unique(_row_hashes(X_train[keep]))
+    return np.isin(_row_hashes(np.asarray(X, dtype=np.uint8)), _TRAINED_HASHES[name])

@@ -1,8 +1,9 @@
 """Scoring data that does not fit in memory: a ``.npy`` file in, a ``.npy`` file of scores out.
 
-:func:`score_file` memory-maps the input (``np.load(..., mmap_mode="r")``),
-scores it in chunks of whole scoring batches and writes each chunk's scores
-into a memory-mapped output, so peak memory stays flat in the number of rows
+:func:`score_file` reads the input ``.npy`` chunk by chunk at its file offset
+(plain reads: a memory map would keep every page it read resident), scores
+each chunk of whole scoring batches and writes its scores into a
+memory-mapped output, so peak memory stays flat in the number of rows
 (``benchmarks/score_memory.py`` measures it). A row's score does not depend
 on its batch mates (fixed-shape batches, shared noise), so chunking changes
 no bit: the file holds exactly ``detector.score_samples(X)``.
@@ -38,30 +39,47 @@ def score_file(
     Parameters
     ----------
     detector : a fitted dgmood detector.
-    input_path : ``.npy`` of shape ``(n, n_features)`` (or image-shaped, as ``score_samples`` accepts).
+    input_path : ``.npy`` of shape ``(n, n_features)`` (or image-shaped, as ``score_samples`` accepts), C order.
     out_path : where the ``(n,)`` float64 scores go (higher = more in-distribution).
     labels_path : optional ``.npy`` for the ``predict`` labels (+1 / -1, int8), from the same scores.
     chunk_batches : rows per chunk, in units of the detector's ``batch_size`` (whole batches, no padding
         until the last chunk); memory grows with it, not with ``n``.
     progress : a tqdm progress bar over chunks.
     """
-    X = np.load(input_path, mmap_mode="r")
-    if X.ndim < 2:
-        raise ValueError(f"{str(input_path)!r} holds a {X.ndim}-D array; expected (n_samples, n_features).")
-    n = len(X)
-    out = np.lib.format.open_memmap(out_path, mode="w+", dtype=np.float64, shape=(n,))
-    labels = None if labels_path is None else np.lib.format.open_memmap(labels_path, mode="w+", dtype=np.int8,
-                                                                        shape=(n,))
     chunk = max(int(chunk_batches), 1) * int(detector.batch_size)
-    for start in tqdm(range(0, n, chunk), disable=not progress, desc="dgmood score", unit="chunk"):
-        scores = detector.score_samples(np.asarray(X[start : start + chunk]))
-        out[start : start + len(scores)] = scores
-        if labels is not None:
-            labels[start : start + len(scores)] = np.where(scores - detector.offset_ < 0, -1, 1)
+    with open(input_path, "rb") as fh:
+        shape, dtype, offset = _npy_header(fh, input_path)
+        n, row = shape[0], int(np.prod(shape[1:]))
+        out = np.lib.format.open_memmap(out_path, mode="w+", dtype=np.float64, shape=(n,))
+        labels = None if labels_path is None else np.lib.format.open_memmap(labels_path, mode="w+",
+                                                                            dtype=np.int8, shape=(n,))
+        for start in tqdm(range(0, n, chunk), disable=not progress, desc="dgmood score", unit="chunk"):
+            rows = min(chunk, n - start)
+            # plain reads at the chunk's offset: a memory map would keep every page read resident
+            fh.seek(offset + start * row * dtype.itemsize)
+            block = np.fromfile(fh, dtype=dtype, count=rows * row).reshape(rows, *shape[1:])
+            scores = detector.score_samples(block)
+            out[start : start + rows] = scores
+            if labels is not None:
+                labels[start : start + rows] = np.where(scores - detector.offset_ < 0, -1, 1)
     out.flush()
     if labels is not None:
         labels.flush()
     return Path(out_path)
+
+
+def _npy_header(fh, path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """``(shape, dtype, data offset)`` of an ``.npy`` file (C order, at least 2-D)."""
+    major, _ = np.lib.format.read_magic(fh)
+    read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read(fh)
+    if len(shape) < 2:
+        raise ValueError(f"{str(path)!r} holds a {len(shape)}-D array; expected (n_samples, n_features).")
+    if fortran and len(shape) > 1:
+        raise ValueError(f"{str(path)!r} is in Fortran order; save it with np.save(np.ascontiguousarray(X)).")
+    if dtype.hasobject:
+        raise ValueError(f"{str(path)!r} holds Python objects; save a numeric array.")
+    return tuple(shape), dtype, fh.tell()
 
 
 def _score_block(block: np.ndarray, detector) -> np.ndarray:

@@ -19,12 +19,16 @@ import torch
 from sklearn.utils.validation import _check_sample_weight
 
 __all__ = ["image_shape", "flatten_images", "check_input_shape", "resolve_data_range", "to_model_range",
-           "repeat_by_weight", "warn_if_memory_cannot_hit"]
+           "repeat_by_weight", "warn_if_memory_cannot_hit",
+           "warn_if_calibrating_on_training_images"]
 
 
 def image_shape(backbone, input_shape) -> tuple[int, ...] | None:
     """The per-sample shape a detector expects: ``input_shape``, else a shipped backbone's or a module's own."""
+    from .pretrained import as_registered
+
     shape = input_shape
+    backbone = as_registered(backbone)
     if shape is None and isinstance(backbone, str) and backbone.startswith("pretrained:"):
         from .pretrained import REGISTRY
 
@@ -133,4 +137,21 @@ def warn_if_memory_cannot_hit(memory, random_state) -> None:
         warnings.warn(
             "memory= caches trained backbones by their seed, and random_state=None draws a new seed at "
             "every fit, so nothing will be reused: pass an int random_state.", UserWarning, stacklevel=4,
+        )
+
+
+def warn_if_calibrating_on_training_images(backbone, X_model: np.ndarray, data_range: str) -> None:
+    """Warn when rows calibrating a shipped backbone are images it was trained on (a biased threshold)."""
+    if not (isinstance(backbone, str) and backbone.startswith("pretrained:")) or data_range not in ("uint8", "unit"):
+        return
+    from .pretrained import trained_rows
+
+    name = backbone.split(":", 1)[1]
+    pixels = np.round(np.asarray(X_model, dtype=np.float64) * 255.0).astype(np.uint8)
+    seen = int(trained_rows(name, pixels).sum())
+    if seen:
+        warnings.warn(
+            f"{seen} of {len(pixels)} calibration rows are images {name!r} was trained on: the model fits them "
+            "better than new data, so the threshold will flag too few. Calibrate on images it never saw, "
+            f"e.g. dgmood.pretrained.heldout_images({name!r}, n).", UserWarning, stacklevel=4,
         )

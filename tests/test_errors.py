@@ -60,3 +60,20 @@ def test_wrong_array_shapes_say_how_to_flatten(X, match):
     with pytest.raises(ValueError, match=match) as info:
         LikelihoodDetector(backbone="pretrained:fmnist-flow").fit(X)
     assert len(str(info.value)) < 400  # no dump of the data
+
+
+def test_calibrating_a_shipped_backbone_on_its_training_images_warns():
+    import warnings
+
+    from dgmood.datasets import load_fashion_mnist
+    from dgmood.pretrained import REGISTRY, heldout_images
+
+    held = set(REGISTRY["fmnist-flow"].metadata()["heldout_train_indices"])
+    trained = [i for i in range(40) if i not in held][:8]
+    X_train = load_fashion_mnist("train")[0]
+    with pytest.warns(UserWarning, match=r"8 of 8 calibration rows are images 'fmnist-flow' was trained on"):
+        LikelihoodDetector("pretrained:fmnist-flow", batch_size=8).fit(X_train[trained])
+    with warnings.catch_warnings(record=True) as caught:  # the held-out images: no such warning
+        warnings.simplefilter("always")
+        LikelihoodDetector("pretrained:fmnist-flow", batch_size=8).fit(heldout_images("fmnist-flow", 8))
+    assert not [w for w in caught if "calibration rows" in str(w.message)]

@@ -42,3 +42,32 @@ def test_grey_folder_and_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no .png"):
         load_images(tmp_path / "empty")
+
+
+def test_dgmood_train_on_own_data_then_load_by_path_or_name(tmp_path, monkeypatch):
+    import json
+
+    from dgmood import pretrained
+    from dgmood.cli import main
+
+    monkeypatch.setattr(pretrained, "REGISTRY", dict(pretrained.REGISTRY))  # registrations stay in this test
+    rng = np.random.default_rng(0)
+    X = np.clip(rng.normal(128, 30, (40, 3, 8, 8)), 0, 255).astype(np.uint8)
+    np.savez(tmp_path / "data.npz", X=X)
+    args = ["train", "flow", "--data", str(tmp_path / "data.npz"), "--out", str(tmp_path / "out"), "--param",
+            "hidden=4", "--param", "steps_per_level=1", "--batch-size", "16", "--quiet"]
+    assert main([*args, "--max-epochs", "1"]) == 0
+    path = tmp_path / "out" / "flow-3x8x8.pt"
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["kind"] == "flow" and meta["input_shape"] == [3, 8, 8] and len(meta["heldout_train_indices"]) == 4
+    assert meta["epochs"] == 1 and np.isfinite(meta["heldout_loss"]) and meta["command"].startswith("dgmood train")
+    assert main([*args, "--max-epochs", "2"]) == 0  # resumes from the checkpoint: one more epoch
+    assert json.loads(path.with_suffix(".json").read_text())["epochs"] == 2
+    held = X.reshape(40, -1)[meta["heldout_train_indices"]]
+    by_path = LikelihoodDetector(backbone=str(path), batch_size=4, random_state=0).fit(held)
+    assert by_path.history_ == [] and np.all(np.isfinite(by_path.score_samples(X.reshape(40, -1))))
+    pretrained.register("my-flow", path)
+    by_name = LikelihoodDetector(backbone="pretrained:my-flow", batch_size=4, random_state=0).fit(held)
+    np.testing.assert_array_equal(by_name.score_samples(held), by_path.score_samples(held))
+    with pytest.raises(ValueError, match="inside the installed package"):
+        main(["train", "flow", "--data", str(tmp_path / "data.npz"), "--out", str(pretrained._WEIGHTS), "--quiet"])

@@ -102,6 +102,9 @@ def check_backbone_name(backbone, names: tuple[str, ...], pretrained_kinds, who:
     Checked first in ``fit``, before anything is inferred from the name (such as ``input_shape``).
     Modules pass; their members are checked against the detector's protocol after fitting.
     """
+    from ..pretrained import as_registered
+
+    backbone = as_registered(backbone)  # a stored backbone's path: must exist, then it is checked by kind
     if not isinstance(backbone, str):
         if isinstance(backbone, torch.nn.Module):
             return
@@ -111,9 +114,11 @@ def check_backbone_name(backbone, names: tuple[str, ...], pretrained_kinds, who:
 
     from ..pretrained import REGISTRY
 
-    shipped = [f"pretrained:{name}" for name, spec in REGISTRY.items() if spec.kind in pretrained_kinds]
+    shipped = [f"pretrained:{name}" for name, spec in REGISTRY.items()
+               if spec.kind in pretrained_kinds and spec.path is None]
     valid = [n for n in names if n in BACKBONES] + shipped
-    if backbone in valid:
+    registered = backbone.startswith("pretrained:") and backbone.split(":", 1)[1] in REGISTRY
+    if backbone in valid or (registered and REGISTRY[backbone.split(":", 1)[1]].kind in pretrained_kinds):
         return
     if backbone.startswith("pretrained:") and backbone.split(":", 1)[1] in REGISTRY:
         kind = REGISTRY[backbone.split(":", 1)[1]].kind
@@ -142,8 +147,10 @@ def fit_backbone(
     ----------
     backbone : str or nn.Module
         A name in ``names`` (trained on ``X_train`` from scratch, as
-        :data:`BACKBONES` says), ``"pretrained:<name>"`` (a shipped backbone of
-        one of ``pretrained_kinds``; nothing trained) or a module (deep-copied,
+        :data:`BACKBONES` says), ``"pretrained:<name>"`` (a shipped or
+        registered backbone of one of ``pretrained_kinds``; nothing trained),
+        the path of a stored backbone's ``.pt`` (:mod:`dgmood.backbones.store`;
+        nothing trained) or a module (deep-copied,
         never moved; trained on ``X_train`` unless ``train_kwargs["max_epochs"]``
         is 0).
     X_train : floats in the module's input range, shape (n, prod(input_shape)).
@@ -155,6 +162,9 @@ def fit_backbone(
     who : the detector's name, for error messages.
     """
     check_backbone_name(backbone, names, pretrained_kinds, who)
+    from ..pretrained import as_registered
+
+    backbone = as_registered(backbone)
     if isinstance(backbone, torch.nn.Module):
         module = copy.deepcopy(backbone).cpu()  # never move the user's module
         history: list = []

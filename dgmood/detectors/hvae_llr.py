@@ -209,7 +209,7 @@ class HVAELikelihoodRatioDetector(BaseDetector):
     def _backbone_params(self) -> dict:
         params = dict(self.backbone_params or {})
         params.setdefault("likelihood", "gaussian" if self.data_range_ == "real" else "bernoulli")
-        if isinstance(self.backbone, str) and not self.backbone.startswith("pretrained:"):
+        if self.backbone == "hvae":  # a named family trained here (not a shipped, stored or given module)
             self._check_likelihood(params["likelihood"])  # fail before training
             if params.get("latent_dims") is not None:
                 self._check_k(len(params["latent_dims"]))
