@@ -35,6 +35,6 @@ def test_lid_flow_benchmark_and_demo_figure(tmp_path, capsys):
         assert isinstance(result[key], float)
     assert set(result["rule_aurocs"]) == {"min-cdf", "joint"}
     assert result["rule_aurocs"]["joint"] == result["auroc"]  # the detector's own rule, refitted alike
-    main(["demo", "--n-lid", "12", "--n-cal-lid", "12", "--n-boot", "20", "--detectors", "lid-flow", "--out", str(tmp_path)])
+    main(["demo", "--n-lid", "8", "--n-cal-lid", "8", "--n-boot", "20", "--detectors", "lid-flow", "--out", str(tmp_path)])
     assert "lid-flow" in capsys.readouterr().out
     assert (tmp_path / "likelihood_vs_lid.png").stat().st_size > 1000
