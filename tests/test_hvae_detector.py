@@ -150,10 +150,13 @@ def test_auto_ks_leave_out_zero_and_top():
 # ------------------------------------------------------------------ fixed k, components
 def test_int_k_scores_minus_llr_k(X_id):
     for k in (0, 1, 2):
-        det = _tiny(k=k).fit(X_id[:200])
+        det = _tiny(k=k, tail="upper").fit(X_id[:200])
         comps = det.score_components(X_id[:50])
         np.testing.assert_array_equal(det.score_samples(X_id[:50]), -comps["llr"][:, k])
         assert det.auto_ks_.size == 0
+        both = _tiny(k=k).fit(X_id[:200])  # real-valued rows: tail="auto" is two-sided, -|robust z|
+        z = (comps["llr"][:, k] - both.llr_center_[k]) / both.llr_scale_[k]
+        np.testing.assert_array_equal(both.score_samples(X_id[:50]), -np.abs(z))
     assert sorted(comps) == ["elbo_bound", "llr", "skip"]
     assert comps["llr"].shape == comps["skip"].shape == (50, 3)
     np.testing.assert_allclose(comps["llr"], comps["elbo_bound"][:, None] - comps["skip"], rtol=1e-12)
@@ -271,3 +274,26 @@ def test_pretrained_fmnist_hvae_detects_mnist():
     assert auroc(-c_id["llr"][:, 1], -c_ood["llr"][:, 1]) > 0.8
     assert auroc(c_id["elbo_bound"], c_ood["elbo_bound"]) < 0.4
     assert auroc(det.score_samples(X_id), det.score_samples(X_ood)) > 0.85  # k="auto"
+
+
+def test_tabular_far_blob_is_ood_with_the_two_sided_tail():
+    """Issue 13: on real-valued rows a far blob drives LLR^{>k} strongly *negative* (the encoder leaves its
+    range and the full bound pays KL terms the skip bound drops); the upper tail ranked it as the most
+    in-distribution of all (AUROC 0.0), silently. tail="auto" is two-sided for real-valued data."""
+    rng = np.random.default_rng(0)
+    X, X_far = rng.normal(size=(700, 8)), rng.normal(6.0, 1.0, size=(100, 8))
+    det = HVAELikelihoodRatioDetector(max_epochs=15, random_state=0).fit(X[:600])
+    assert det.tail_ == "both"
+    assert auroc(det.score_samples(X[600:]), det.score_samples(X_far)) > 0.95
+    upper = clone(det).set_params(tail="upper")
+    upper.fit(X[:600])  # same seed, same backbone: only the tail differs
+    assert auroc(upper.score_samples(X[600:]), upper.score_samples(X_far)) < 0.5
+
+
+def test_two_sided_fisher_is_symmetric_in_z():
+    from dgmood.detectors.hvae_llr import fisher_llr_score
+
+    llr = np.array([[1.0, -2.0], [-1.0, 2.0], [0.0, 0.0]])
+    s = fisher_llr_score(llr, np.zeros(2), np.ones(2), two_sided=True)
+    assert s[0] == s[1] and s[2] > s[0]
+    np.testing.assert_allclose(s[2], 0.0, atol=1e-12)  # p = 1 at z = 0

@@ -37,8 +37,8 @@ _Z_CLIP = 1e100
 
 
 # ----------------------------------------------------------- k = "auto" rule
-def fisher_llr_score(llr: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    r"""Fisher combination of per-k upper-tail p-values of :math:`LLR^{>k}` (higher = more ID).
+def fisher_llr_score(llr: np.ndarray, center: np.ndarray, scale: np.ndarray, two_sided: bool = False) -> np.ndarray:
+    r"""Fisher combination of per-k tail p-values of :math:`LLR^{>k}` (higher = more ID).
 
     Each ratio is standardized by held-out in-distribution statistics (robust
     z-score, see :func:`robust_location_scale`) and mapped to the upper-tail
@@ -58,7 +58,9 @@ def fisher_llr_score(llr: np.ndarray, center: np.ndarray, scale: np.ndarray) -> 
     decreasing and :math:`\sigma_k > 0`). Under the null (ID data) with
     Gaussian, independent ratios :math:`T \sim \chi^2_{2K}`; neither holds
     exactly, so ``offset_`` is set on held-out scores rather than from
-    :math:`\chi^2` quantiles.
+    :math:`\chi^2` quantiles. With ``two_sided`` the p-values are
+    :math:`p_k = 2(1 - \Phi(|z_k|))`: a ratio unusually *low* is as
+    suspicious as one unusually high (then :math:`s` falls with :math:`|z_k|`).
 
     Parameters
     ----------
@@ -73,6 +75,8 @@ def fisher_llr_score(llr: np.ndarray, center: np.ndarray, scale: np.ndarray) -> 
     """
     z = (np.asarray(llr, dtype=np.float64) - center) / scale
     z = np.clip(z, -_Z_CLIP, _Z_CLIP)
+    if two_sided:
+        return 2.0 * (np.log(2.0) + norm.logsf(np.abs(z))).sum(axis=1)
     return 2.0 * norm.logsf(z).sum(axis=1)
 
 
@@ -100,7 +104,7 @@ class HVAELikelihoodRatioDetector(BaseDetector):
 
     ``score_samples`` (higher = more in-distribution):
 
-    * ``k`` an int: :math:`-LLR^{>k}(x)`;
+    * ``k`` an int: :math:`-LLR^{>k}(x)` (two-sided tail: :math:`-|z_k(x)|`, the robust z-score);
     * ``k="auto"``: :math:`2 \sum_{k=1}^{L-1} \log p_k(x)`, Fisher's
       combination of Gaussian upper-tail p-values of robust z-scores of each
       :math:`LLR^{>k}`, the medians and scales fitted on held-out
@@ -125,6 +129,16 @@ class HVAELikelihoodRatioDetector(BaseDetector):
         default for tabular floats) and ``"bernoulli"`` otherwise.
     k : "auto" or int in 0 .. L
         Number of lowest latents taken from the prior (see above).
+    tail : {"auto", "upper", "both"}, default="auto"
+        Which ratios count as OOD. "upper": high :math:`LLR^{>k}`, the
+        paper's direction, for images whose low-level statistics the lower
+        latents explain too well. "both": also unusually *low* ratios. A
+        tabular input far from the data drives the encoder out of its range:
+        the posterior's KL terms, which the full bound pays and the skip
+        bound partly does not, make :math:`LLR^{>k}` strongly negative, and
+        an upper-tail score ranks such inputs as the most in-distribution of
+        all. "auto": "both" for real-valued data (``data_range="real"``,
+        Gaussian likelihood by default), "upper" for pixels.
     n_samples : int
         Importance samples S of :math:`\mathcal{L}_S`.
     n_skip_samples : int
@@ -151,6 +165,8 @@ class HVAELikelihoodRatioDetector(BaseDetector):
         L.
     llr_center_, llr_scale_ : ndarrays of shape (L + 1,)
         Held-out median and robust scale of :math:`LLR^{>k}`, k = 0 .. L.
+    tail_ : {"upper", "both"}
+        The tail used (``tail`` resolved).
     auto_ks_ : ndarray of int
         The k combined by ``k="auto"`` (1 .. L-1; empty for an int ``k``).
     offset_, history_, calibration_scores_ : as :class:`~dgmood.LikelihoodDetector`.
@@ -164,6 +180,7 @@ class HVAELikelihoodRatioDetector(BaseDetector):
     _parameter_constraints = {
         **BaseDetector._parameter_constraints,
         "k": [StrOptions({"auto"}), Interval(Integral, 0, None, closed="left")],
+        "tail": [StrOptions({"auto", "upper", "both"})],
         "n_samples": [Interval(Integral, 1, None, closed="left")],
         "n_skip_samples": [Interval(Integral, 1, None, closed="left")],
     }
@@ -174,6 +191,7 @@ class HVAELikelihoodRatioDetector(BaseDetector):
         *,
         backbone_params=None,
         k="auto",
+        tail="auto",
         n_samples=16,
         n_skip_samples=8,
         input_shape=None,
@@ -191,6 +209,7 @@ class HVAELikelihoodRatioDetector(BaseDetector):
         self.backbone = backbone
         self.backbone_params = backbone_params
         self.k = k
+        self.tail = tail
         self.n_samples = n_samples
         self.n_skip_samples = n_skip_samples
         self.input_shape = input_shape
@@ -269,13 +288,17 @@ class HVAELikelihoodRatioDetector(BaseDetector):
         L = self.n_latent_layers_
         self.llr_center_, self.llr_scale_ = robust_location_scale(np.asarray(components["llr"], dtype=np.float64))
         self.auto_ks_ = auto_ks(L) if self.k == "auto" else np.array([], dtype=int)
+        # real-valued rows (a Gaussian likelihood by default): both tails; pixels: the paper's upper tail
+        self.tail_ = ("both" if self.data_range_ == "real" else "upper") if self.tail == "auto" else self.tail
 
     def _score_from_components(self, components):
         llr = np.asarray(components["llr"], dtype=np.float64)
+        both = self.tail_ == "both"
         if self.k != "auto":
-            return -llr[:, int(self.k)]
+            k = int(self.k)
+            return -np.abs((llr[:, k] - self.llr_center_[k]) / self.llr_scale_[k]) if both else -llr[:, k]
         ks = self.auto_ks_
-        return fisher_llr_score(llr[:, ks], self.llr_center_[ks], self.llr_scale_[ks])
+        return fisher_llr_score(llr[:, ks], self.llr_center_[ks], self.llr_scale_[ks], two_sided=both)
 
     def benchmark_fields(self, components_id, components_ood):
         """Per-k AUROC / AUPRC / FPR80 of :math:`-LLR^{>k}` and of the detector's own score,
