@@ -71,3 +71,24 @@ def test_dgmood_train_on_own_data_then_load_by_path_or_name(tmp_path, monkeypatc
     np.testing.assert_array_equal(by_name.score_samples(held), by_path.score_samples(held))
     with pytest.raises(ValueError, match="inside the installed package"):
         main(["train", "flow", "--data", str(tmp_path / "data.npz"), "--out", str(pretrained._WEIGHTS), "--quiet"])
+
+
+def test_dgmood_train_hvae_on_own_images_then_detect(tmp_path):
+    import json
+
+    from dgmood import HVAELikelihoodRatioDetector
+    from dgmood.cli import main
+
+    rng = np.random.default_rng(2)
+    X = np.clip(rng.normal(100, 50, (40, 1, 8, 8)), 0, 255).astype(np.uint8)
+    np.save(tmp_path / "data.npy", X)
+    assert main(["train", "hvae", "--data", str(tmp_path / "data.npy"), "--out", str(tmp_path / "out"),
+                 "--param", "channels=4", "--param", "blocks_per_stage=1", "--max-epochs", "1", "--batch-size", "16",
+                 "--quiet"]) == 0
+    path = tmp_path / "out" / "hvae-1x8x8.pt"
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["kind"] == "hvae" and meta["architecture"]["channels"] == 4 and np.isfinite(meta["heldout_loss"])
+    held = X.reshape(40, -1)[meta["heldout_train_indices"]]
+    det = HVAELikelihoodRatioDetector(backbone=str(path), n_samples=1, n_skip_samples=1, batch_size=4,
+                                      random_state=0).fit(held)
+    assert det.tail_ == "upper" and np.all(np.isfinite(det.score_samples(X.reshape(40, -1))))
