@@ -200,7 +200,7 @@ class HVAELikelihoodRatioDetector(BaseDetector):
         validation_fraction=0.1,
         device="auto",
         batch_size=128,
-        max_epochs=20,
+        max_epochs="auto",
         lr=3e-4,
         memory=None,
         random_state=None,

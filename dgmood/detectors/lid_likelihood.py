@@ -169,7 +169,7 @@ class LIDLikelihoodDetector(BaseDetector):
         validation_fraction=0.1,
         device="auto",
         batch_size=64,
-        max_epochs=20,
+        max_epochs="auto",
         lr=1e-3,
         memory=None,
         random_state=None,
