@@ -109,7 +109,8 @@ class BaseDetector(OutlierMixin, BaseEstimator):
     # ------------------------------------------------------------------ input
     def _validate_X(self, X, reset: bool) -> np.ndarray:
         """Validated float32 array in the backbone's input range (2-D, finite)."""
-        X = flatten_images(X, self.input_shape_ if not reset else image_shape(self.backbone, self.input_shape))
+        shape = image_shape(self.backbone, self.input_shape) if reset else self.input_shape_
+        X = flatten_images(X, shape)
         X = validate_data(
             self,
             X,
@@ -122,7 +123,7 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         if X.dtype.kind not in "uifb":
             raise ValueError(f"X must hold numbers (uint8 pixels or floats), got dtype {X.dtype}.")
         if reset:
-            self.input_shape_ = check_input_shape(image_shape(self.backbone, self.input_shape), X.shape[1])
+            self.input_shape_ = check_input_shape(shape, X.shape[1])
             self.data_range_ = resolve_data_range(self.data_range, X, self.input_shape_)
         return to_model_range(X, self.data_range_)
 
@@ -359,8 +360,10 @@ class BaseDetector(OutlierMixin, BaseEstimator):
 
     def predict(self, X) -> np.ndarray:
         """+1 for in-distribution, -1 for out-of-distribution samples (int array)."""
-        decision = self.decision_function(X)
-        return np.where(decision < 0, -1, 1).astype(int)
+        return self._labels(self.score_samples(X))
+
+    def _labels(self, scores: np.ndarray) -> np.ndarray:
+        return np.where(scores - self.offset_ < 0, -1, 1).astype(int)
 
     def ood_score(self, X) -> np.ndarray:
         """``-score_samples(X)``: higher = more out-of-distribution (PyOD / pytorch-ood convention)."""
@@ -370,7 +373,7 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         """``(score_samples(X), predict(X))`` from one pass of the backbone (``predict`` alone recomputes
         the scores)."""
         scores = self.score_samples(X)
-        return scores, np.where(scores - self.offset_ < 0, -1, 1).astype(int)
+        return scores, self._labels(scores)
 
     def set_threshold(self, X, contamination="auto") -> "BaseDetector":
         """Re-set ``offset_`` from fresh in-distribution data, without touching the backbone or the rule.

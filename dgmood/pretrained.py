@@ -167,17 +167,13 @@ def register(name: str, path: str | Path, dataset: str | None = None) -> Pretrai
     names cannot be replaced. Lasts for the session: call it where the
     detector is built (a pickled detector keeps its fitted module).
     """
-    from .backbones.fitting import BACKBONES
-    from .backbones.store import read_metadata
+    from .backbones.store import read_metadata, rebuild_spec
 
     if name in REGISTRY and REGISTRY[name].path is None:
         raise ValueError(f"{name!r} is a shipped backbone; register yours under another name.")
     meta = read_metadata(path)
-    kind = meta["kind"]
-    arch = dict(meta["architecture"])
-    shape = tuple(int(s) for s in arch.pop("input_shape"))
-    build, kwargs = BACKBONES[kind].spec(shape, arch)
-    spec = PretrainedSpec(name=name, kind=kind, builder=build, kwargs=kwargs, dataset=dataset or "",
+    build, kwargs, shape = rebuild_spec(meta)
+    spec = PretrainedSpec(name=name, kind=meta["kind"], builder=build, kwargs=kwargs, dataset=dataset or "",
                           input_shape=shape, path=Path(path).with_suffix(".pt").resolve())
     REGISTRY[name] = spec
     return spec
@@ -198,11 +194,18 @@ def as_registered(backbone):
     return backbone
 
 
-def _row_hashes(X: np.ndarray) -> np.ndarray:
-    """A 64-bit hash per uint8 row (a fixed random linear form, wrapping): equal rows, equal hashes."""
+def _row_hashes(X: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """A 64-bit hash per uint8 row (a fixed random linear form, wrapping): equal rows, equal hashes.
+
+    Computed ``chunk`` rows at a time: the uint64 products of a whole training set would take 8 bytes a pixel.
+    """
     weights = np.random.default_rng(12345).integers(1, 2**63 - 1, X.shape[1], dtype=np.uint64) | np.uint64(1)
+    out = np.empty(len(X), dtype=np.uint64)
     with np.errstate(over="ignore"):
-        return (X.astype(np.uint64) * weights).sum(axis=1, dtype=np.uint64)
+        for start in range(0, len(X), chunk):
+            block = X[start : start + chunk].astype(np.uint64)
+            out[start : start + chunk] = (block * weights).sum(axis=1, dtype=np.uint64)
+    return out
 
 
 _TRAINED_HASHES: dict[str, np.ndarray] = {}

@@ -58,10 +58,10 @@ def score_file(
             # plain reads at the chunk's offset: a memory map would keep every page read resident
             fh.seek(offset + start * row * dtype.itemsize)
             block = np.fromfile(fh, dtype=dtype, count=rows * row).reshape(rows, *shape[1:])
-            scores = detector.score_samples(block)
-            out[start : start + rows] = scores
-            if labels is not None:
-                labels[start : start + rows] = np.where(scores - detector.offset_ < 0, -1, 1)
+            if labels is None:
+                out[start : start + rows] = detector.score_samples(block)
+            else:
+                out[start : start + rows], labels[start : start + rows] = detector.score_and_predict(block)
     out.flush()
     if labels is not None:
         labels.flush()

@@ -142,8 +142,8 @@ def test_sklearn_compatible(estimator, check):
 
 
 def test_defaults_on_a_shipped_flow_are_fast_with_the_shipped_target():
-    """Defaults that work (issue 13): before, lid_method="exact" and a local-PCA target on the fit data
-    (11 min to fit on 100 images, AUROC 0.559)."""
+    """Defaults that work (issue 13): before, lid_method="exact" and a local-PCA target on the few fit
+    images, the slow and weak configuration."""
     from dgmood.pretrained import REGISTRY, heldout_images
 
     det = LIDLikelihoodDetector("pretrained:fmnist-flow", n_steps=4, n_calibration=8, batch_size=8,

@@ -117,12 +117,14 @@ def check_backbone_name(backbone, names: tuple[str, ...], pretrained_kinds, who:
     shipped = [f"pretrained:{name}" for name, spec in REGISTRY.items()
                if spec.kind in pretrained_kinds and spec.path is None]
     valid = [n for n in names if n in BACKBONES] + shipped
-    registered = backbone.startswith("pretrained:") and backbone.split(":", 1)[1] in REGISTRY
-    if backbone in valid or (registered and REGISTRY[backbone.split(":", 1)[1]].kind in pretrained_kinds):
+    if backbone in valid:
         return
-    if backbone.startswith("pretrained:") and backbone.split(":", 1)[1] in REGISTRY:
-        kind = REGISTRY[backbone.split(":", 1)[1]].kind
-        raise ValueError(f"{who} needs a backbone of kind {sorted(pretrained_kinds)}; {backbone!r} is a {kind!r}. "
+    spec = REGISTRY.get(backbone.split(":", 1)[1]) if backbone.startswith("pretrained:") else None
+    if spec is not None:  # shipped or registered
+        if spec.kind in pretrained_kinds:
+            return
+        raise ValueError(f"{who} needs a backbone of kind {sorted(pretrained_kinds)}; {backbone!r} is a "
+                         f"{spec.kind!r}. "
                          f"Valid: {valid} or an nn.Module.")
     close = difflib.get_close_matches(backbone, valid, n=1, cutoff=0.6)
     raise ValueError(f"{who}: unknown backbone {backbone!r}"

@@ -27,7 +27,8 @@ import torch
 from .fitting import BACKBONES
 from .training import train_module
 
-__all__ = ["save_backbone", "load_backbone", "read_metadata", "train_backbone", "load_training_data"]
+__all__ = ["save_backbone", "load_backbone", "read_metadata", "rebuild_spec", "train_backbone",
+           "load_training_data"]
 
 
 def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
@@ -45,6 +46,14 @@ def read_metadata(path: str | os.PathLike) -> dict:
     if not weights.is_file() or not meta.is_file():
         raise FileNotFoundError(f"No stored backbone at {str(weights)!r} (needs {weights.name} and {meta.name}).")
     return json.loads(meta.read_text())
+
+
+def rebuild_spec(metadata: dict) -> tuple[type, dict, tuple[int, ...]]:
+    """``(class, kwargs, input_shape)`` that rebuild a stored backbone from its metadata."""
+    arch = dict(metadata["architecture"])
+    shape = tuple(int(s) for s in arch.pop("input_shape"))
+    build, kwargs = BACKBONES[metadata["kind"]].spec(shape, arch)
+    return build, kwargs, shape
 
 
 def save_backbone(module: torch.nn.Module, path: str | os.PathLike, *, kind: str, architecture: dict,
@@ -71,9 +80,7 @@ def load_backbone(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
     meta = read_metadata(weights)
     if meta.get("sha256") not in (None, sha256(weights)):
         raise ValueError(f"Checksum mismatch for {str(weights)!r}: the file is corrupt or was replaced.")
-    arch = dict(meta["architecture"])
-    shape = tuple(arch.pop("input_shape"))
-    build, kwargs = BACKBONES[meta["kind"]].spec(shape, arch)
+    build, kwargs, _ = rebuild_spec(meta)
     module = build(**kwargs)
     module.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     return module.eval(), meta
@@ -139,7 +146,7 @@ def train_backbone(kind: str, X: np.ndarray, input_shape: tuple[int, ...], out: 
     name = name or f"{kind}-{'x'.join(map(str, input_shape))}"
     arch = {"input_shape": list(input_shape), **(architecture or {})}
     params = {k: v for k, v in arch.items() if k != "input_shape"}
-    build, kwargs = BACKBONES[kind].spec(tuple(input_shape), params)
+    build, kwargs, _ = rebuild_spec({"kind": kind, "architecture": arch})
     n = len(X)
     rng = np.random.default_rng(random_state)
     held = np.sort(rng.choice(n, max(int(round(heldout_fraction * n)), 1), replace=False))
@@ -158,10 +165,10 @@ def train_backbone(kind: str, X: np.ndarray, input_shape: tuple[int, ...], out: 
             batch_size=batch_size, device=device, checkpoint_dir=out / "checkpoints" / name, verbose=verbose,
             random_state=random_state, **BACKBONES[kind].train_kwargs(params),
         )
-    module = module.cpu().eval()
-    with torch.no_grad():
-        losses = torch.cat([module(torch.from_numpy(Xf[held[i:i + 256]]).reshape(-1, *input_shape))
-                            for i in range(0, len(held), 256)])
+        module = module.cpu().eval()
+        with torch.no_grad():  # its draws (dequantization, latents) stay inside the forked RNG too
+            losses = torch.cat([module(torch.from_numpy(Xf[held[i:i + 256]]).reshape(-1, *input_shape))
+                                for i in range(0, len(held), 256)])
     metadata = {
         "name": name, "command": command, "n_train": int(len(train_rows)), "epochs": len(history),
         "wall_seconds": round(time.time() - t0, 1), "device": str(device), "torch": torch.__version__,
