@@ -48,6 +48,7 @@ from .validation import (
     check_input_shape,
     flatten_images,
     image_shape,
+    refuse_labelled_ood,
     repeat_by_weight,
     resolve_data_range,
     to_model_range,
@@ -199,7 +200,11 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         X : array-like of shape (n_samples, n_features)
             In-distribution data: uint8 pixels 0..255, floats in [0, 1]
             (``data_range="unit"``), or real-valued features (``"real"``).
-        y : ignored
+        y : None or array-like of shape (n_samples,), default=None
+            Not used for training, as for scikit-learn's outlier detectors; but
+            rows that a +1/-1 ``y`` labels -1 (OOD) must be left out with
+            ``sample_weight`` (else a ``ValueError``), so that a search cannot
+            train on its OOD rows.
         sample_weight : array-like of shape (n_samples,) of whole numbers, default=None
             0 excludes a row from training and calibration (a known OOD row),
             k counts it k times (as k copies of the row). Model selection routes
@@ -216,6 +221,7 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         check_backbone_name(self.backbone, self._backbone_names, self._pretrained_kinds, type(self).__name__)
         resolve_device(self.device)  # an unavailable device is an error in fit, trained or shipped alike
         Xf = self._validate_X(X, reset=True)
+        refuse_labelled_ood(y, sample_weight, len(Xf))
         if sample_weight is not None:
             Xf = repeat_by_weight(sample_weight, Xf)
         if self._trains_backbone():

@@ -131,6 +131,37 @@ def repeat_by_weight(sample_weight, X: np.ndarray) -> np.ndarray:
     return np.repeat(X, counts, axis=0)
 
 
+def refuse_labelled_ood(y, sample_weight, n_rows: int) -> None:
+    """Refuse to train on rows that ``y`` labels OOD (``-1``) unless ``sample_weight`` leaves them out.
+
+    ``y`` is otherwise ignored by ``fit``, as for scikit-learn's outlier
+    detectors. But a ``y`` of +1/-1 labels is what model selection passes
+    (``GridSearchCV(...).fit(X, y)``), and training on its -1 rows would leak
+    the OOD data into the detector: with an integer ``cv`` every fold's fit
+    would, and the search would still pick a "best" point. ``y`` with other
+    values (class labels, regression targets) is not looked at.
+    """
+    if y is None:
+        return
+    y = np.asarray(y)
+    if y.ndim != 1 or y.shape[0] != n_rows or y.dtype.kind not in "iuf":
+        return
+    values = set(np.unique(y).tolist())
+    if -1 not in values or not values <= {-1, 1}:
+        return
+    weight = np.ones(n_rows) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64).ravel()
+    if weight.shape != (n_rows,):
+        return  # repeat_by_weight names the shape error
+    n_kept = int(np.count_nonzero(weight[y == -1]))
+    if n_kept:
+        raise ValueError(
+            f"fit got y labelling {n_kept} row(s) -1 (OOD) and would train on them: a detector learns from "
+            "in-distribution rows only. Pass sample_weight=(y == 1) to leave them out (GridSearchCV routes it "
+            "to every fit and the refit), and cv=dgmood.model_selection.IDTrainKFold(k) so that every test "
+            "fold holds both classes."
+        )
+
+
 def warn_if_memory_cannot_hit(memory, random_state) -> None:
     """``memory=`` caches trained backbones keyed by their seed; ``random_state=None`` draws a new one per fit."""
     if memory is not None and random_state is None:

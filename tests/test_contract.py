@@ -10,7 +10,7 @@ import pytest
 import torch
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
-from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -18,6 +18,7 @@ from dgmood import LikelihoodDetector, TypicalityDetector
 from dgmood.backbones.flows import TabularFlow
 from dgmood.datasets import load_digits, make_manifold
 from dgmood.metrics import make_ood_scorer
+from dgmood.model_selection import IDTrainKFold
 
 from .conftest import tiny_flow_params
 
@@ -220,16 +221,17 @@ def test_pipeline_and_grid_search_with_ood_scorer(tmp_path):
     y = np.r_[np.ones(len(X_id)), -np.ones(len(X_ood))].astype(int)
     search = GridSearchCV(
         pipe, {"det__contamination": [0.05, 0.2]}, scoring=make_ood_scorer("auroc"),
-        cv=StratifiedKFold(2, shuffle=True, random_state=0),
+        cv=IDTrainKFold(2, random_state=0),
     )
-    search.fit(X, y)
+    search.fit(X, y, det__sample_weight=(y == 1))  # no OOD row reaches any fit, the refit included
     assert search.best_score_ > 0.8
+    assert len(search.best_estimator_[-1].calibration_scores_) == 150  # 10 % of the 1500 ID rows
     # contamination only moves offset_: a thresholded metric tells the candidates apart
     search = GridSearchCV(
         pipe, {"det__contamination": [0.01, 0.3]}, scoring=make_ood_scorer("balanced_accuracy"),
-        cv=StratifiedKFold(2, shuffle=True, random_state=0),
+        cv=IDTrainKFold(2, random_state=0),
     )
-    search.fit(X, y)
+    search.fit(X, y, det__sample_weight=(y == 1))
     scores = search.cv_results_["mean_test_score"]
     assert scores[0] != scores[1] and np.all(scores > 0.5)
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.stats import multivariate_normal
-from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
@@ -23,7 +23,7 @@ from dgmood.backbones.fitting import BACKBONES, BackboneKind
 from dgmood.backbones.protocols import LatentFlow
 from dgmood.lid.base import LIDEstimator, rowwise_sum
 from dgmood.lid.jacobian import JacobianLID
-from dgmood.model_selection import make_ood_scorer
+from dgmood.model_selection import IDTrainKFold, make_ood_scorer
 
 
 # ------------------------------------------------- guide, part 1: a backbone
@@ -116,8 +116,7 @@ def labelled_blobs(d):
     rng = np.random.default_rng(2)
     X = np.vstack([rng.normal(size=(300, d)), rng.normal(6.0, 1.0, size=(100, d))])
     y = np.r_[np.ones(300, int), -np.ones(100, int)]
-    folds = StratifiedKFold(3, shuffle=True, random_state=0).split(X, y)
-    cv = [(train[y[train] == 1], test) for train, test in folds]  # fit on ID rows only
+    cv = IDTrainKFold(3, random_state=0)  # training folds: ID rows only; test folds: both classes
     return X, y, cv
 
 
@@ -182,7 +181,7 @@ def test_pipeline_and_grid_search_with_ood_scorer():
         refit="bacc",  # contamination moves offset_ only: the thresholded metric picks it
         cv=cv,
     )
-    search.fit(X, y)
+    search.fit(X, y, det__sample_weight=(y == 1))
     assert search.best_params_ == {"det__contamination": 0.01}
     auroc = search.cv_results_["mean_test_auroc"]
     assert auroc[0] == auroc[1] and auroc[0] > 0.95  # a ranking metric ignores the threshold
@@ -260,7 +259,7 @@ def test_diagonal_lid_in_pipeline_and_grid_search():
                                       lid_method=DiagonalLID(), log_tau=-1.0)),
     ])
     search = GridSearchCV(pipe, {"det__log_tau": [-1.0, 5.0]}, scoring=make_ood_scorer("auroc"), cv=cv)
-    search.fit(X, y)
+    search.fit(X, y, det__sample_weight=(y == 1))
     assert search.best_params_["det__log_tau"] in (-1.0, 5.0)
     assert np.all(search.cv_results_["mean_test_score"] > 0.95)
     best = search.best_estimator_  # Pipeline does not forward score_components: call the last step
@@ -281,6 +280,6 @@ def test_guide_shows_this_files_code():
     for cls in (Gaussian, GaussianFlow, Encoder, DiagonalLID):
         assert any(inspect.getsource(cls) in block for block in blocks), cls.__name__
     for call in ('refit="bacc"', 'lid_method=DiagonalLID(), log_tau="auto", lid_target=3',
-                 'cv = [(train[y[train] == 1], test) for train, test in folds]',
+                 'cv = IDTrainKFold(3, random_state=0)', 'search.fit(X, y, det__sample_weight=(y == 1))',
                  '{"det__log_tau": [-1.0, 5.0]}', 'max_epochs=40, lr=0.1, random_state=0'):
         assert any(call in block for block in blocks), call

@@ -49,6 +49,17 @@ def test_grid_search_refit_and_folds_see_in_distribution_rows_only():
     assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))
 
 
+def test_labelled_ood_rows_are_never_trained_on_silently():
+    with pytest.raises(ValueError, match=r"labelling 30 row\(s\) -1 \(OOD\).*sample_weight=\(y == 1\)"):
+        _detector().fit(X, Y)
+    # the search with an integer cv used to "succeed" on fits that trained on OOD rows
+    search = GridSearchCV(_detector(), {"contamination": [0.01, 0.1]}, scoring=make_ood_scorer(), cv=3)
+    with pytest.raises(ValueError, match="would train on them"):  # the refit, if not already every fold
+        search.fit(X, Y)
+    _detector().fit(X, Y, sample_weight=(Y == 1))  # left out: fine
+    _detector().fit(X, np.arange(90) % 3)  # other labels are ignored, as by sklearn's detectors
+
+
 def test_id_train_kfold_splits():
     cv = IDTrainKFold(3, random_state=0)
     folds = list(cv.split(X, Y))
