@@ -81,10 +81,10 @@ REGISTRY: dict[str, PretrainedSpec] = {
 }
 
 
-def build_module(name: str) -> torch.nn.Module:
-    """A freshly initialised module with the architecture of ``REGISTRY[name]``."""
+def build_module(name: str, **overrides) -> torch.nn.Module:
+    """A freshly initialised module with the architecture of ``REGISTRY[name]`` (``overrides`` replace its arguments)."""
     spec = _spec(name)
-    return spec.builder(**spec.kwargs)
+    return spec.builder(**{**spec.kwargs, **overrides})
 
 
 def _spec(name: str) -> PretrainedSpec:

@@ -100,6 +100,16 @@ def evaluate_hvae(module, X_id, X_ood, device, shape, iwae_samples, batch_size=2
     return out
 
 
+def _parse_set(item: str) -> tuple[str, object]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", choices=sorted(REGISTRY))
@@ -118,6 +128,8 @@ def main(argv=None):
                    help="HVAE: KL warm-up / free bits of a nominal run of this many epochs (default: this run)")
     p.add_argument("--free-bits-hold", action="store_true",
                    help="HVAE: free bits constant for the whole run (no decay)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="architecture override, e.g. --set inference=top_down (a JSON value or a string)")
     args = p.parse_args(argv)
 
     spec = REGISTRY[args.name]
@@ -135,8 +147,9 @@ def main(argv=None):
     train = dict(spec.train)
     if args.max_epochs:
         train["max_epochs"] = args.max_epochs
+    overrides = dict(_parse_set(item) for item in args.set)
     torch.manual_seed(args.seed)
-    module = build_module(args.name)
+    module = build_module(args.name, **overrides)
     n_params = sum(p.numel() for p in module.parameters())
     print(f"{args.name}: {n_params} parameters, {len(X)} training images, device {device}", flush=True)
     t0 = time.time()
@@ -167,7 +180,7 @@ def main(argv=None):
     meta = {
         "name": args.name,
         "sha256": sha256(weights),
-        "architecture": {k: list(v) if isinstance(v, tuple) else v for k, v in spec.kwargs.items()},
+        "architecture": {k: list(v) if isinstance(v, tuple) else v for k, v in {**spec.kwargs, **overrides}.items()},
         "n_parameters": n_params,
         "command": "python scripts/train_pretrained.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
         "epochs": len(history),

@@ -121,6 +121,20 @@ class HierarchicalVAE(nn.Module):
         a closed-form oracle for tests.
     min_std : float
         Floor added to every latent standard deviation.
+    inference : {"bottom_up", "top_down"}
+        Bottom-up (above; the seed's released code) or top-down, as LVAE /
+        BIVA and the reference run: a deterministic path
+        :math:`h_1 = Q_1(x)`, :math:`h_{i+1} = Q_{i+1}(h_i)`, then
+        :math:`q(z_L | h_L)` and, going down with the generative path,
+        :math:`q(z_i | h_i, d_{i+1})`. So the posterior of the upper latents
+        does not depend on the lower samples: a skip bound drawn with the same
+        noise as the full bound has the same :math:`z_{>k}` and the same KL
+        terms above k, which cancel exactly in :math:`LLR^{>k}`; and the
+        deterministic path is computed once per input, not once per draw.
+    free_bits_per : {"element", "layer"}
+        Where the free-bits threshold applies in the training loss (see :meth:`forward`).
+    analytic_kl : bool
+        Train on the closed-form Gaussian KL (see :meth:`forward`).
     """
 
     def __init__(
@@ -135,12 +149,19 @@ class HierarchicalVAE(nn.Module):
         kernel_sizes: Sequence[int] = (5, 3, 3),
         linear: bool = False,
         min_std: float = 1e-3,
+        inference: str = "bottom_up",
+        free_bits_per: str = "element",
+        analytic_kl: bool = False,
     ):
         super().__init__()
         self.input_shape = tuple(int(s) for s in input_shape)
         self.image = len(self.input_shape) == 3
         if len(self.input_shape) not in (1, 3):
             raise ValueError(f"input_shape must be (C, H, W) or (D,), got {input_shape!r}.")
+        if inference not in ("bottom_up", "top_down"):
+            raise ValueError(f"inference must be 'bottom_up' or 'top_down', got {inference!r}.")
+        if free_bits_per not in ("element", "layer"):
+            raise ValueError(f"free_bits_per must be 'element' or 'layer', got {free_bits_per!r}.")
         if likelihood not in ("bernoulli", "gaussian"):
             raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {likelihood!r}.")
         if latent_dims is None:
@@ -158,9 +179,10 @@ class HierarchicalVAE(nn.Module):
         self.likelihood, self.linear, self.min_std = likelihood, bool(linear), float(min_std)
         self.channels, self.blocks_per_stage = int(channels), 0 if linear else int(blocks_per_stage)
         self.kernel_sizes = tuple(kernel_sizes)
+        self.inference, self.free_bits_per, self.analytic_kl = inference, free_bits_per, bool(analytic_kl)
         act = nn.Identity() if linear else nn.SiLU()
         stages = build_stages(self.input_shape, self.channels, self.blocks_per_stage, self.latent_dims,
-                              self.kernel_sizes, act, self.linear)
+                              self.kernel_sizes, act, self.linear, self.top_down)
         self._latent_shapes = stages.latent_shapes
         # registration order fixes the state_dict keys of the shipped weights
         self.q_paths, self.p_paths = nn.ModuleList(stages.q_paths), nn.ModuleList(stages.p_paths)
@@ -171,6 +193,12 @@ class HierarchicalVAE(nn.Module):
             self.log_std = nn.Parameter(torch.zeros(self.input_shape))
 
     # ------------------------------------------------------------- internals
+    @property
+    def top_down(self) -> bool:
+        """Whether inference runs top-down (``inference="top_down"``)."""
+        # models pickled before the option existed inferred bottom-up
+        return getattr(self, "inference", "bottom_up") == "top_down"
+
     @property
     def n_latent_layers(self) -> int:
         """Number L of stochastic layers."""
@@ -201,48 +229,106 @@ class HierarchicalVAE(nn.Module):
         out = self.x_head(d1)
         return torch.sigmoid(out) if self.likelihood == "bernoulli" else out
 
+    def features(self, x: torch.Tensor):
+        """The deterministic bottom-up features, computed once per input and reused by every draw.
+
+        Bottom-up inference: ``Q_1(x)`` (the higher paths see latent samples).
+        Top-down inference: the whole path ``[h_1, ..., h_L]``, ``h_{i+1} = Q_{i+1}(h_i)``.
+        """
+        if not self.top_down:
+            return self.q_paths[0](x)
+        hs, h = [], x
+        for path in self.q_paths:
+            h = path(h)
+            hs.append(h)
+        return hs
+
+    def draw_noise(self, n: int, generator=None, device=None, dtype=None) -> list[torch.Tensor]:
+        """Standard normal noise for the L posterior samples, layer 1 first, each ``(n, *shape)``."""
+        kw = dict(generator=generator, device=device, dtype=dtype)
+        return [torch.randn((n, *s), **kw) for s in self._latent_shapes]
+
     def _terms(
         self,
         x: torch.Tensor,
         k: int = 0,
         use_prior_mean: bool = True,
         generator: torch.Generator | None = None,
-        h1: torch.Tensor | None = None,
+        h1=None,
         shared_noise: bool = False,
-    ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        eps: list[torch.Tensor] | None = None,
+        analytic_kl: bool = False,
+        branch_at: list[int] | None = None,
+    ):
         """One pass: ``log p(x|z)`` and, per layer, elementwise ``log q - log p`` (None if skipped).
 
-        Noise for all L posterior samples is drawn first (layer 1 first), then,
-        only when ``use_prior_mean`` is False, prior noise for layers k ... 1.
-        ``shared_noise``: every draw has batch size 1 and is broadcast over the batch.
+        Noise for all L posterior samples is drawn first (layer 1 first; or
+        taken from ``eps``), then, only when ``use_prior_mean`` is False, prior
+        noise for layers k ... 1. ``shared_noise``: every draw has batch size 1
+        and is broadcast over the batch. ``h1``: :meth:`features` of ``x``, if
+        already computed. ``analytic_kl``: the elementwise Gaussian KL
+        :math:`KL(q \\| p)` in place of the single-sample ``log q - log p``
+        (training only: it does not combine with importance weights).
+        ``branch_at`` (top-down, k = 0 only): for each j in it, also decode
+        from the features above layer j with :math:`z_{\\le j}` at their prior
+        means; then a third value, ``{j: log p(x | z_{<=j} = prior means, z_{>j})}``.
         """
         L = self.n_latent_layers
         n = 1 if shared_noise else x.shape[0]
         kw = dict(generator=generator, device=x.device, dtype=x.dtype)
-        eps = [torch.randn((n, *s), **kw) for s in self._latent_shapes]
-        post, inp, aux = [], x, None
-        for i in range(L):  # bottom-up inference
-            h = h1 if (i == 0 and h1 is not None) else self.q_paths[i](inp, aux)
-            mu, std = self._gaussian(self.q_heads[i](h))
-            z = mu if i < k else mu + std * eps[i]  # posterior means of z_{<=k} go up
-            post.append((mu, std, z))
-            if i < L - 1:
-                inp, aux = self.q_proj[i](z), h
-        d, kls = None, [None] * L
-        for i in reversed(range(L)):  # top-down generation
+        if eps is None:
+            eps = self.draw_noise(n, **kw)
+        feats = self.features(x) if h1 is None else h1
+
+        def kl_of(z, q_mu, q_std, p_mu, p_std):
+            if analytic_kl:
+                return (torch.log(p_std / q_std) + (q_std**2 + (q_mu - p_mu) ** 2) / (2 * p_std**2) - 0.5)
+            return _log_normal(z, q_mu, q_std) - _log_normal(z, p_mu, p_std)
+
+        post = []
+        if not self.top_down:
+            inp, aux = x, None
+            for i in range(L):  # bottom-up inference
+                h = feats if i == 0 else self.q_paths[i](inp, aux)
+                mu, std = self._gaussian(self.q_heads[i](h))
+                z = mu if i < k else mu + std * eps[i]  # posterior means of z_{<=k} go up
+                post.append((mu, std, z))
+                if i < L - 1:
+                    inp, aux = self.q_proj[i](z), h
+        d, kls, branches = None, [None] * L, {}
+        for i in reversed(range(L)):  # top-down generation (and, top-down, inference)
             if i == L - 1:
-                p_mu, p_std = torch.zeros_like(post[i][0]), torch.ones_like(post[i][1])
+                p_mu = torch.zeros((x.shape[0], *self._latent_shapes[i]), device=x.device, dtype=x.dtype)
+                p_std = torch.ones_like(p_mu)
             else:
                 p_mu, p_std = self._gaussian(self.p_heads[i](d))
             if i >= k:
-                q_mu, q_std, z = post[i]
-                kls[i] = _log_normal(z, q_mu, q_std) - _log_normal(z, p_mu, p_std)
+                if self.top_down:
+                    head = self.q_heads[i]
+                    q_mu, q_std = self._gaussian(head(feats[i]) if i == L - 1 else head(feats[i], d))
+                    z = q_mu + q_std * eps[i]
+                else:
+                    q_mu, q_std, z = post[i]
+                kls[i] = kl_of(z, q_mu, q_std, p_mu, p_std)
             elif use_prior_mean:
                 z = p_mu
             else:
                 z = p_mu + p_std * torch.randn((n, *p_mu.shape[1:]), **kw)
+            if branch_at and i + 1 in branch_at:  # d: the features of layers > i, as in the pass for k = i + 1
+                branches[i + 1] = self._log_px(self._decode_prior_means(d, i, p_mu), x)
             d = self.p_paths[i](self.p_proj[i](z), d)
+        if branch_at is not None:
+            return self._log_px(d, x), kls, branches
         return self._log_px(d, x), kls
+
+    def _decode_prior_means(self, d: torch.Tensor, i: int, p_mu: torch.Tensor) -> torch.Tensor:
+        """Top-down features at the bottom when layers i, i-1, ..., 0 take their prior means (``p_mu`` of layer i)."""
+        z = p_mu
+        for j in range(i, -1, -1):
+            if j < i:
+                z = self._gaussian(self.p_heads[j](d))[0]
+            d = self.p_paths[j](self.p_proj[j](z), d)
+        return d
 
     # ---------------------------------------------------------------- public
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -263,6 +349,13 @@ class HierarchicalVAE(nn.Module):
         :math:`\max(\lambda_i, \text{mean } KL_{\cdot j})` and gradients above the
         threshold are untouched. (hvae-oodd clamps each sample's element instead.)
 
+        With ``free_bits_per="layer"`` (the reference run's choice) the threshold
+        is ``free_bits`` nats on the batch mean of a layer's *total* KL: layer i
+        contributes :math:`\sum_j KL_{ij}` if its batch mean is at least
+        ``free_bits``, else the constant ``free_bits``. With ``analytic_kl=True``
+        :math:`KL_{ij}` is the closed-form Gaussian KL rather than the
+        single-sample estimate (same expectation, less gradient noise).
+
         Eval mode: :math:`-\mathcal{L}(x)` with :math:`\beta = 1`, no free bits, on ``x`` as given.
         """
         self._check(x)
@@ -270,9 +363,16 @@ class HierarchicalVAE(nn.Module):
             return -self.elbo(x, generator=generator)
         if self.likelihood == "bernoulli":
             x = binarize(x, generator)
-        log_px, kls = self._terms(x, generator=generator)
+        log_px, kls = self._terms(x, generator=generator, analytic_kl=getattr(self, "analytic_kl", False))
+        per_layer = getattr(self, "free_bits_per", "element") == "layer"
         kl_total = torch.zeros_like(log_px)
         for kl in kls:
+            if per_layer:
+                kl = _flat_sum(kl)
+                if self.free_bits > 0:
+                    kl = torch.where(kl.mean() >= self.free_bits, kl, torch.full_like(kl, self.free_bits))
+                kl_total = kl_total + kl
+                continue
             if self.free_bits > 0:
                 thr = self.free_bits / kl.shape[1]
                 kl = torch.where(kl.mean(0, keepdim=True) >= thr, kl, torch.full_like(kl, thr))
@@ -291,9 +391,10 @@ class HierarchicalVAE(nn.Module):
         r"""Importance-weighted bound :math:`\mathcal L_S`, (n,) nats: :func:`dgmood.backbones.hvae_bounds.iwae`."""
         return hvae_bounds.iwae(self, x, n_samples, generator, shared_noise)
 
-    def llr_scores(self, x, n_samples=1, generator=None, shared_noise=False, n_skip_samples=1) -> dict:
+    def llr_scores(self, x, n_samples=1, generator=None, shared_noise=False, n_skip_samples=1,
+                   estimator="independent") -> dict:
         r"""Bound, skip bounds and :math:`LLR^{>k}`: :func:`dgmood.backbones.hvae_bounds.llr_scores`."""
-        return hvae_bounds.llr_scores(self, x, n_samples, generator, shared_noise, n_skip_samples)
+        return hvae_bounds.llr_scores(self, x, n_samples, generator, shared_noise, n_skip_samples, estimator)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         r"""Means of :math:`p(x|z)` (Bernoulli probabilities) at ancestral prior samples

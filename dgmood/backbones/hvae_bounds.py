@@ -15,7 +15,7 @@ import math
 
 import torch
 
-__all__ = ["elbo", "skip_elbo", "iwae", "llr_scores"]
+__all__ = ["elbo", "skip_elbo", "iwae", "llr_scores", "shared_weights", "ESTIMATORS"]
 
 
 def _flat_sum(t: torch.Tensor) -> torch.Tensor:
@@ -25,6 +25,11 @@ def _flat_sum(t: torch.Tensor) -> torch.Tensor:
 def _skip(model, x, k, use_prior_mean, generator, h1, shared_noise=False) -> torch.Tensor:
     log_px, kls = model._terms(x, k, use_prior_mean, generator, h1, shared_noise)
     return log_px - sum(_flat_sum(kl) for kl in kls if kl is not None)
+
+
+def _log_mean_exp(values: list[torch.Tensor]) -> torch.Tensor:
+    """``log (1/S) sum_s exp(v_s)`` over a list of (n,) tensors, per sample."""
+    return torch.logsumexp(torch.stack(values), 0) - math.log(len(values))
 
 
 def _iwae(model, x, n_samples, generator, h1, shared_noise=False) -> torch.Tensor:
@@ -126,7 +131,10 @@ def iwae(
     model._check(x)
     if int(n_samples) < 1:
         raise ValueError(f"n_samples must be a positive int, got {n_samples}.")
-    return _iwae(model, x, int(n_samples), generator, model.q_paths[0](x), shared_noise)
+    return _iwae(model, x, int(n_samples), generator, model.features(x), shared_noise)
+
+
+ESTIMATORS = ("independent", "hybrid", "lme")
 
 
 def llr_scores(
@@ -136,51 +144,116 @@ def llr_scores(
     generator: torch.Generator | None = None,
     shared_noise: bool = False,
     n_skip_samples: int = 1,
+    estimator: str = "independent",
 ) -> dict[str, torch.Tensor]:
     r"""All likelihood-ratio scores of Havtorn et al. (ICML 2021, eq. 10) in one call.
 
-    .. math:: LLR^{>k}(x) = \mathcal{L}_S(x) - \mathcal{L}^{>k}(x),\quad k = 0, \dots, L
+    .. math:: LLR^{>k}(x) = \hat{\mathcal{L}}(x) - \hat{\mathcal{L}}^{>k}(x),\quad k = 0, \dots, L
 
-    (high means OOD). :math:`\mathcal{L}^{>k}` is an expectation over the
-    upper latents :math:`z_{>k} \sim q(z_{>k}|x)`; it is estimated by the mean of
-    ``n_skip_samples`` = m single-sample bounds,
+    (high means OOD), with S = ``n_samples``, m = ``n_skip_samples`` and the
+    single-draw log-weights
 
-    .. math:: \hat{\mathcal{L}}^{>k}(x) = \frac1m \sum_{j=1}^{m}
-              \Big[\log p(x \mid \bar z_{\le k}, z^{(j)}_{>k})
-              - \sum_{i>k} \log\frac{q(z^{(j)}_i|\cdot)}{p(z^{(j)}_i|\cdot)}\Big],
+    .. math:: w_k(s) = \log p(x \mid \bar z_{\le k}, z^{(s)}_{>k})
+              - \sum_{i>k} \log\frac{q(z^{(s)}_i|\cdot)}{p(z^{(s)}_i|\cdot)},
 
-    an unbiased estimate whose Monte Carlo variance falls as 1/m (the mean,
-    not a log-mean-exp: the quantity stays the skip bound, not a tighter
-    bound). On trained image models (the ``fmnist-hvae`` architecture) the
-    single-draw noise of :math:`\mathcal{L}^{>1}` dominates that of
-    :math:`\mathcal{L}_S`, so a larger m lowers the noise of the ratio more than a larger S.
-    :math:`\mathcal{L}^{>L}` (every latent at its prior mean) has no noise and
-    is computed once. S + m L + 1 passes (m L + 1 when S = 1: the bound is then
-    the first ELBO draw), the bottom features computed once.
-    ``shared_noise``: every draw is shared by the whole batch (see :func:`elbo`).
+    :math:`\bar z_{\le k}` the conditional prior means taken top-down
+    (:func:`skip_elbo`); :math:`w_0(s)` is a single-sample ELBO.
+    ``estimator`` says which draws and which average:
+
+    ``"independent"``
+        :math:`\hat{\mathcal L} = \mathcal L_S` (:func:`iwae`, its own S draws),
+        :math:`\hat{\mathcal L}^{>k} = \frac1m \sum_{j \le m} w_k(j)` over m
+        further draws *per k*: an unbiased estimate of the skip bound whose
+        variance falls as 1/m. S + m L + 1 passes (m L + 1 when S = 1: the
+        bound is then the first draw of column 0).
+    ``"hybrid"``
+        The same S draws :math:`z^{(1..S)}` serve every k:
+        :math:`\hat{\mathcal L} = \log \frac1S \sum_{s \le S} e^{w_0(s)}` (the
+        importance-weighted bound) and
+        :math:`\hat{\mathcal L}^{>k} = \frac1m \sum_{s \le m} w_k(s)` on the
+        first m of them. With m = S, :math:`LLR^{>0} \ge 0` (Jensen).
+    ``"lme"``
+        As "hybrid" but :math:`\hat{\mathcal L}^{>k} = \log \frac1m \sum_{s\le m} e^{w_k(s)}`
+        (the reference run's estimator, with m = S); :math:`LLR^{>0} = 0` exactly when m = S.
+
+    With shared draws and a top-down model (``inference="top_down"``) the
+    full pass and the skip pass of one draw have the same :math:`z_{>k}` and
+    the same KL terms above k, which cancel in the ratio; and the skip pass
+    reuses the full pass down to layer k, so each skip pass costs the layers
+    below k only. On a bottom-up model the posterior means of
+    :math:`z_{\le k}` are sent up instead (:func:`skip_elbo`), so the upper
+    latents differ between the two passes. Shared-draw passes:
+    S + m (L - 1) + 1. :math:`\hat{\mathcal L}^{>L}` (every latent at its
+    prior mean) draws nothing and is computed once. All are bounds or
+    estimates of bounds: :math:`E\,\hat{\mathcal L} \le \log p(x)`.
+    ``shared_noise``: every draw is shared by the whole batch (see :func:`elbo`),
+    so a sample's value does not depend on its batch mates; the averages run
+    in draw order, elementwise.
 
     Returns
     -------
     dict
-        ``"elbo_bound"`` (n,): :math:`\mathcal{L}_S`; with ``n_samples == 1`` it
-        is the first single-sample ELBO of ``skip[:, 0]`` (so ``llr[:, 0] == 0``
-        when m = 1), else :func:`iwae` drawn after the skip columns. ``"skip"``
-        (n, L+1): :math:`\hat{\mathcal{L}}^{>k}` for k = 0..L (column 0 a mean of m
-        single-sample ELBOs). ``"llr"`` (n, L+1): bound - skip.
+        ``"elbo_bound"`` (n,): :math:`\hat{\mathcal{L}}`; ``"skip"`` (n, L+1):
+        :math:`\hat{\mathcal{L}}^{>k}` for k = 0..L; ``"llr"`` (n, L+1): bound - skip.
     """
     model._check(x)
     if int(n_samples) < 1:
         raise ValueError(f"n_samples must be a positive int, got {n_samples}.")
     if int(n_skip_samples) < 1:
         raise ValueError(f"n_skip_samples must be a positive int, got {n_skip_samples}.")
-    h1 = model.q_paths[0](x)
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}.")
+    feats = model.features(x)
     L, S, m = model.n_latent_layers, int(n_samples), int(n_skip_samples)
-    draws = [
-        torch.stack([_skip(model, x, k, True, generator, h1, shared_noise) for k in range(L)], 1)
-        for _ in range(m)
-    ]
-    top = _skip(model, x, L, True, generator, h1, shared_noise)[:, None]
-    # elementwise sum in draw order: a sample's value does not depend on the batch it is in
-    skip = torch.cat([functools.reduce(torch.add, draws) / m, top], 1)
-    bound = draws[0][:, 0] if S == 1 else _iwae(model, x, S, generator, h1, shared_noise)
+    if estimator == "independent":
+        draws = [
+            torch.stack([_skip(model, x, k, True, generator, feats, shared_noise) for k in range(L)], 1)
+            for _ in range(m)
+        ]
+        top = _skip(model, x, L, True, generator, feats, shared_noise)[:, None]
+        skip = torch.cat([functools.reduce(torch.add, draws) / m, top], 1)
+        bound = draws[0][:, 0] if S == 1 else _iwae(model, x, S, generator, feats, shared_noise)
+        return {"elbo_bound": bound, "skip": skip, "llr": bound[:, None] - skip}
+    if m > S:
+        raise ValueError(f"n_skip_samples ({m}) must not exceed n_samples ({S}) with shared draws.")
+    n = 1 if shared_noise else x.shape[0]
+    full, skips = [], []
+    for s in range(S):
+        eps = model.draw_noise(n, generator=generator, device=x.device, dtype=x.dtype)
+        w = shared_weights(model, x, feats, eps, ks=range(L) if s < m else (0,))
+        full.append(w[0])
+        if s < m:
+            skips.append(torch.stack(w, 1))  # (n, L)
+    top = _skip(model, x, L, True, None, feats, shared_noise)[:, None]  # draws nothing
+    bound = _log_mean_exp(full)
+    if estimator == "lme":  # column by column, the same operation as the bound: exactly 0 at k = 0 when m = S
+        avg = torch.stack([_log_mean_exp([w[:, k] for w in skips]) for k in range(L)], 1)
+    else:
+        avg = functools.reduce(torch.add, skips) / m
+    skip = torch.cat([avg, top], 1)
     return {"elbo_bound": bound, "skip": skip, "llr": bound[:, None] - skip}
+
+
+def shared_weights(model, x: torch.Tensor, feats, eps: list[torch.Tensor], ks) -> list[torch.Tensor]:
+    r"""Log-weights :math:`w_k` of one posterior draw ``eps`` for each k in ``ks`` (k < L).
+
+    Top-down models: one pass down the hierarchy; at layer k it branches off
+    and decodes :math:`\bar z_{\le k}` (prior means) from the features of the
+    layers above, so :math:`w_k = \log p(x|\bar z_{\le k}, z_{>k}) - \sum_{i>k} KL_i`
+    shares :math:`z_{>k}` and the KL terms above k with :math:`w_0`.
+    Bottom-up models: one :meth:`_terms` pass per k with the same ``eps``.
+    """
+    ks = list(ks)
+    if not getattr(model, "top_down", False):
+        out = []
+        for k in ks:
+            log_px, kls = model._terms(x, k, True, None, feats, eps=eps)
+            out.append(log_px - sum(_flat_sum(kl) for kl in kls if kl is not None))
+        return out
+    log_px, kls, branches = model._terms(x, 0, True, None, feats, eps=eps, branch_at=[k for k in ks if k > 0])
+    kl_sums = [_flat_sum(kl) for kl in kls]
+    out = []
+    for k in ks:
+        above = functools.reduce(torch.add, kl_sums[k:])
+        out.append((log_px if k == 0 else branches[k]) - above)
+    return out

@@ -158,6 +158,25 @@ class _Head(nn.Module):
         return self.layer(h.flatten(1) if self.flatten else h)
 
 
+class _MergeHead(nn.Module):
+    """Posterior head of a top-down model: ``head(block(h, aux=d))``, bottom-up features ``h``
+    merged with the top-down features ``d`` of the layer above (LVAE / BIVA style)."""
+
+    def __init__(self, block: nn.Module, head: nn.Module):
+        super().__init__()
+        self.block, self.head = block, head
+
+    def forward(self, h: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(h, d))
+
+
+class _Concat(nn.Module):
+    """``[h, d]`` along the feature axis: the merge of a dense top-down posterior head."""
+
+    def forward(self, h: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        return torch.cat([h, d], 1)
+
+
 class _Projection(nn.Module):
     """Dense latent -> feature map of shape ``view`` (hvae-oodd's ``AsFeatureMap``)."""
 
@@ -197,12 +216,19 @@ def build_image_stages(
     latent_dims: Sequence[int],
     kernel_sizes: Sequence[int],
     act: nn.Module,
+    top_down: bool = False,
 ) -> Stages:
     """Convolutional stages for ``input_shape = (C, H, W)``, H and W divisible by 4.
 
     Stage 1 starts with a stride-2 block (``z_1`` spatial at H/2 x W/2), stage 2
     ends with one (H/4), later stages keep H/4 with dense latents; the
     generative stages mirror them with transposed convolutions.
+
+    ``top_down=True``: the inference stages form a deterministic path
+    ``h_{i+1} = Q_{i+1}(h_i)`` (no latent sample in it, no ``q_proj``), and
+    the posterior head of every layer below the top is a :class:`_MergeHead`,
+    a residual block over ``h_i`` with the top-down features ``d_{i+1}`` as
+    its auxiliary input.
     """
     c_x, h, w = input_shape
     C, B, L, m = channels, blocks_per_stage, len(latent_dims), latent_dims
@@ -211,16 +237,19 @@ def build_image_stages(
     latent_shapes = [(m[0], h // 2, w // 2)] + [(mi,) for mi in m[1:]]
     q_paths, p_paths, q_heads, p_heads, q_proj, p_proj = [], [], [], [], [], []
     for i in range(L):
-        c_in = c_x if i == 0 else (m[0] if i == 1 else C)
-        aux = None if i == 0 else (C, hw[i - 1], hw[i - 1])
+        c_in = c_x if i == 0 else (C if top_down else (m[0] if i == 1 else C))
+        aux = None if (i == 0 or top_down) else (C, hw[i - 1], hw[i - 1])
         # stage 1 downsamples first (cheap), stage 2 last (as the reference), others never
         rs = [-1 if (i == 0 and b == 0) or (i == 1 and b == B - 1) else 0 for b in range(B)]
         hw_conv1 = [h] + [h // 2] * (B - 1) if i == 0 else ([h // 2] * B if i == 1 else [h // 4] * B)
         q_paths.append(_Path([_ConvBlock(c_in if b == 0 else C, C, k[i], rs[b], act, aux, hw_conv1[b])
                               for b in range(B)]))
         z_feat = i == 0
-        q_heads.append(_Head(_conv(C, 2 * m[0], 3), act) if z_feat else
-                       _Head(_WNLinear(C * (h // 4) * (w // 4), 2 * m[i]), act, flatten=True))
+        head = (_Head(_conv(C, 2 * m[0], 3), act) if z_feat else
+                _Head(_WNLinear(C * (h // 4) * (w // 4), 2 * m[i]), act, flatten=True))
+        if top_down and i < L - 1:  # merge h_i with d_{i+1}, both C x hw[i] x hw[i]
+            head = _MergeHead(_ConvBlock(C, C, 3, 0, act, (C, hw[i], hw[i]), hw[i]), head)
+        q_heads.append(head)
         # generative stage i mirrors inference stage i
         p_in = m[0] if i == 0 else C
         if i >= 1:
@@ -232,8 +261,9 @@ def build_image_stages(
         hw_conv1 = [h // 2] * B if i == 0 else ([h // 4] + [h // 2] * (B - 1) if i == 1 else [h // 4] * B)
         p_paths.append(_Path([_ConvBlock(p_in if b == 0 else C, C, k[i], rs_p[b], act, p_aux, hw_conv1[b])
                               for b in range(B)]))
-        if i < L - 1:
+        if i < L - 1 and not top_down:
             q_proj.append(nn.Identity() if i == 0 else _Projection(m[i], (C, h // 4, w // 4)))
+        if i < L - 1:
             p_heads.append(_Head(_conv(C, 2 * m[0], 3), act) if i == 0 else
                            _Head(_WNLinear(C * (h // 4) * (w // 4), 2 * m[i]), act, flatten=True))
     x_head = _Head(_conv(C, c_x, 3), act)
@@ -247,11 +277,14 @@ def build_dense_stages(
     latent_dims: Sequence[int],
     act: nn.Module,
     linear: bool = False,
+    top_down: bool = False,
 ) -> Stages:
     """Residual-MLP stages for ``input_shape = (D,)``; dense latents.
 
     ``blocks_per_stage = 0`` leaves only the heads; ``linear=True`` makes them
     plain ``nn.Linear`` (with ``act = nn.Identity()``: every conditional affine).
+    ``top_down=True``: deterministic inference path ``h_{i+1} = Q_{i+1}(h_i)``
+    and, below the top, posterior heads on the concatenation ``[h_i, d_{i+1}]``.
     """
     (D,), C, B, m = input_shape, channels, blocks_per_stage, latent_dims
     Lin = nn.Linear if linear else _WNLinear
@@ -259,13 +292,16 @@ def build_dense_stages(
     latent_shapes = [(mi,) for mi in m]
     q_paths, p_paths, q_heads, p_heads = [], [], [], []
     q_out = []
+    p_out = [C if B else m[i] for i in range(L)]
     for i in range(L):
-        d_in = D if i == 0 else m[i - 1]
-        aux = None if (i == 0 or B == 0) else q_out[i - 1]
+        d_in = D if i == 0 else (q_out[i - 1] if top_down else m[i - 1])
+        aux = None if (i == 0 or B == 0 or top_down) else q_out[i - 1]
         q_paths.append(_Path([_DenseBlock(d_in if b == 0 else C, C, act, aux) for b in range(B)]))
         q_out.append(C if B else d_in)
-        q_heads.append(_Head(Lin(q_out[i], 2 * m[i]), act))
-    p_out = [C if B else m[i] for i in range(L)]
+        if top_down and i < L - 1:
+            q_heads.append(_MergeHead(_Concat(), _Head(Lin(q_out[i] + p_out[i + 1], 2 * m[i]), act)))
+        else:
+            q_heads.append(_Head(Lin(q_out[i], 2 * m[i]), act))
     for i in range(L):
         p_aux = None if (i == L - 1 or B == 0) else p_out[i + 1]
         p_paths.append(_Path([_DenseBlock(m[i] if b == 0 else C, C, act, p_aux) for b in range(B)]))
@@ -284,8 +320,9 @@ def build_stages(
     kernel_sizes: Sequence[int],
     act: nn.Module,
     linear: bool = False,
+    top_down: bool = False,
 ) -> Stages:
     """:func:`build_image_stages` for ``(C, H, W)`` inputs, :func:`build_dense_stages` for ``(D,)``."""
     if len(input_shape) == 3:
-        return build_image_stages(input_shape, channels, blocks_per_stage, latent_dims, kernel_sizes, act)
-    return build_dense_stages(input_shape, channels, blocks_per_stage, latent_dims, act, linear)
+        return build_image_stages(input_shape, channels, blocks_per_stage, latent_dims, kernel_sizes, act, top_down)
+    return build_dense_stages(input_shape, channels, blocks_per_stage, latent_dims, act, linear, top_down)
