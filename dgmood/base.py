@@ -172,6 +172,10 @@ class BaseDetector(OutlierMixin, BaseEstimator):
             **self._extra_train_kwargs(),
         )
 
+    def _check_settings(self) -> None:
+        """Hook: refuse combinations of parameters before any training (each parameter alone is
+        checked by ``_parameter_constraints``)."""
+
     def _extra_train_kwargs(self) -> dict:
         """Hook: extra training arguments for a user's module (a named family brings its own)."""
         return {}
@@ -219,6 +223,7 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         self
         """
         check_backbone_name(self.backbone, self._backbone_names, self._pretrained_kinds, type(self).__name__)
+        self._check_settings()
         resolve_device(self.device)  # an unavailable device is an error in fit, trained or shipped alike
         Xf = self._validate_X(X, reset=True)
         refuse_labelled_ood(y, sample_weight, len(Xf))

@@ -297,3 +297,17 @@ def test_two_sided_fisher_is_symmetric_in_z():
     s = fisher_llr_score(llr, np.zeros(2), np.ones(2), two_sided=True)
     assert s[0] == s[1] and s[2] > s[0]
     np.testing.assert_allclose(s[2], 0.0, atol=1e-12)  # p = 1 at z = 0
+
+
+def test_shared_draw_estimators_in_the_detector(X_id):
+    """estimator="lme" on the same draws: LLR^{>0} is exactly 0; "hybrid" >= 0; skip draws beyond
+    the bound's draws are refused before any training."""
+    params = {**TABULAR, "inference": "top_down"}
+    lme = _tiny(k=1, estimator="lme", n_skip_samples=2, backbone_params=params).fit(X_id[:200])
+    comps = lme.score_components(X_id[:30])
+    np.testing.assert_array_equal(comps["llr"][:, 0], 0.0)
+    hybrid = clone(lme).set_params(estimator="hybrid").fit(X_id[:200])
+    assert (hybrid.score_components(X_id[:30])["llr"][:, 0] >= 0).all()
+    assert hybrid.benchmark_fields(comps, comps)["estimator"] == "hybrid"
+    with pytest.raises(ValueError, match=r"n_skip_samples \(8\) must not exceed n_samples \(2\)"):
+        _tiny(estimator="hybrid", n_skip_samples=8).fit(X_id[:100])

@@ -111,7 +111,7 @@ def test_lid_target_pretrained_calibrates_to_the_shipped_target():
     assert record["n_reference"] == 5000 and record["n_neighbors"] == 1000
     X, _ = load_dataset("fashion_mnist", "test", n=16, random_state=0)
     det = LIDLikelihoodDetector("pretrained:fmnist-flow", lid_method="fast", n_steps=8, lid_target="pretrained",
-                                n_calibration=16, random_state=0).fit(X)
+                                n_calibration=16, batch_size=16, random_state=0).fit(X)
     assert det.lid_target_ == record["lpca_target"]
     assert abs(det.heldout_components_[:, 1].mean() - record["lpca_target"]) < 1.0
     # refitted on a plain module (the same flow, no shipped metadata), the old record is not reused

@@ -111,6 +111,7 @@ class SkipBoundModel(Protocol):
         generator: torch.Generator | None = None,
         shared_noise: bool = False,
         n_skip_samples: int = 1,
+        estimator: str = "independent",
     ) -> dict[str, torch.Tensor]:
         """Bound, skip bounds and ratios (see the class docstring)."""
 

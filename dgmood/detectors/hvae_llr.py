@@ -24,6 +24,7 @@ import torch
 from scipy.stats import norm
 from sklearn.utils._param_validation import Interval, StrOptions
 
+from ..backbones.hvae_bounds import ESTIMATORS
 from ..backbones.protocols import SkipBoundModel
 from ..backbones.schedules import hvae_schedules
 from ..base import BaseDetector
@@ -183,6 +184,7 @@ class HVAELikelihoodRatioDetector(BaseDetector):
         "tail": [StrOptions({"auto", "upper", "both"})],
         "n_samples": [Interval(Integral, 1, None, closed="left")],
         "n_skip_samples": [Interval(Integral, 1, None, closed="left")],
+        "estimator": [StrOptions(set(ESTIMATORS))],
     }
 
     def __init__(
@@ -194,6 +196,7 @@ class HVAELikelihoodRatioDetector(BaseDetector):
         tail="auto",
         n_samples=16,
         n_skip_samples=8,
+        estimator="independent",
         input_shape=None,
         data_range="auto",
         contamination="auto",
@@ -212,6 +215,7 @@ class HVAELikelihoodRatioDetector(BaseDetector):
         self.tail = tail
         self.n_samples = n_samples
         self.n_skip_samples = n_skip_samples
+        self.estimator = estimator
         self.input_shape = input_shape
         self.data_range = data_range
         self.contamination = contamination
@@ -261,6 +265,13 @@ class HVAELikelihoodRatioDetector(BaseDetector):
                 f"layers L = {n_latent_layers}), got k={self.k}."
             )
 
+    def _check_settings(self) -> None:
+        if self.estimator != "independent" and self.n_skip_samples > self.n_samples:
+            raise ValueError(
+                f"estimator={self.estimator!r} draws the skip bounds from the bound's own n_samples draws: "
+                f"n_skip_samples ({self.n_skip_samples}) must not exceed n_samples ({self.n_samples})."
+            )
+
     def _prepare(self, X_train: np.ndarray, X_cal: np.ndarray) -> None:
         module = self.backbone_
         self._check_likelihood(getattr(module, "likelihood", "bernoulli"))
@@ -281,7 +292,7 @@ class HVAELikelihoodRatioDetector(BaseDetector):
 
             xb = binarize(xb, generators[0], shared_noise=True)
         out = module.llr_scores(xb, n_samples=int(self.n_samples), generator=generators[1], shared_noise=True,
-                                n_skip_samples=int(self.n_skip_samples))
+                                n_skip_samples=int(self.n_skip_samples), estimator=self.estimator)
         return {"elbo_bound": out["elbo_bound"], "skip": out["skip"], "llr": out["llr"]}
 
     def _calibrate(self, components):
@@ -315,4 +326,5 @@ class HVAELikelihoodRatioDetector(BaseDetector):
             "likelihood_auroc": auroc(components_id["elbo_bound"], components_ood["elbo_bound"]),
             "n_samples": self.n_samples,
             "n_skip_samples": self.n_skip_samples,
+            "estimator": self.estimator,
         }
