@@ -11,7 +11,8 @@ architecture), on the first ``n`` FashionMNIST test (ID) and MNIST test (OOD)
 images, each binarized once with a seeded draw shared by the batch, it
 computes the log-weights :math:`w_k(s)`, k = 0 .. L-1, of S shared posterior
 draws (:func:`dgmood.backbones.hvae_bounds.shared_weights`) and the prior-mean
-bound :math:`\mathcal L^{>L}`, once. From that one table it derives, for S' in
+bound :math:`\mathcal L^{>L}`, once (and the analytic KL of each latent layer
+at one posterior draw, averaged). From that one table it derives, for S' in
 {1, 4, S} (the first S' draws):
 
 * ``lme``: :math:`LME_{s} w_0 - LME_{s} w_k` (the reference run's estimator);
@@ -67,7 +68,7 @@ def load_model(weights: str | None, pretrained: str | None) -> tuple[Hierarchica
 def weight_table(model, X: np.ndarray, S: int, batch: int, seed: int = 0, independent: bool = False) -> dict:
     """w (S, n, L) float64, top (n,), and optionally the independent estimator's llr (n, L+1)."""
     L = model.n_latent_layers
-    ws, tops, indep = [], [], []
+    ws, tops, indep, kls = [], [], [], []
     t0 = time.perf_counter()
     for i in tqdm(range(0, len(X), batch), desc=f"S={S}", leave=False):
         xb = torch.as_tensor(X[i : i + batch], dtype=torch.float32).view(-1, *model.input_shape) / 255.0
@@ -80,11 +81,14 @@ def weight_table(model, X: np.ndarray, S: int, batch: int, seed: int = 0, indepe
             rows.append(torch.stack(hvae_bounds.shared_weights(model, x, feats, eps, range(L)), 1).double())
         ws.append(torch.stack(rows))
         tops.append(model.skip_elbo(x, L).double())
+        _, kl = model._terms(x, 0, generator=torch.Generator().manual_seed(seed + 3), analytic_kl=True)
+        kls.append(torch.stack([t.flatten(1).sum(1) for t in kl], 1).double())
         if independent:
             out = model.llr_scores(x, 16, torch.Generator().manual_seed(seed + 2), True, 8, estimator="independent")
             indep.append(out["llr"].double())
     seconds = time.perf_counter() - t0
-    out = {"w": torch.cat(ws, 1).numpy(), "top": torch.cat(tops).numpy(), "seconds": seconds}
+    out = {"w": torch.cat(ws, 1).numpy(), "top": torch.cat(tops).numpy(), "seconds": seconds,
+           "kl": torch.cat(kls).numpy()}
     if independent:
         out["independent"] = torch.cat(indep).numpy()
     return out
@@ -159,6 +163,8 @@ def main(argv=None) -> dict:
         "table_seconds_id": round(tables["id"]["seconds"], 1),
         "mean_elbo_id": round(float(tables["id"]["w"][0, :, 0].mean()), 2),
         "mean_elbo_ood": round(float(tables["ood"]["w"][0, :, 0].mean()), 2),
+        "kl_per_layer_id": [round(float(v), 2) for v in tables["id"]["kl"].mean(0)],
+        "kl_per_layer_ood": [round(float(v), 2) for v in tables["ood"]["kl"].mean(0)],
         "likelihood_auroc_elbo": round(auroc(tables["id"]["w"][0, :, 0], tables["ood"]["w"][0, :, 0]), 4),
         "rows": rows,
         "command": "python benchmarks/hvae_estimators.py " + " ".join(sys.argv[1:] if argv is None else argv),

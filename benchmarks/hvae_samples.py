@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from dgmood import HVAELikelihoodRatioDetector
 from dgmood.backbones.device import resolve_device
 from dgmood.datasets import load_dataset
+from dgmood.backbones.hvae_bounds import passes_per_image
 from dgmood.metrics import auroc, bootstrap_ci
 from dgmood.pretrained import heldout_images
 
@@ -55,6 +56,7 @@ def run_one(S: int, X_cal, X_id, X_ood, args) -> dict:
         backbone=BACKBONE,
         n_samples=S,
         n_skip_samples=args.n_skip_samples,
+        estimator=args.estimator,
         device=args.device,
         random_state=args.random_state,
         verbose=args.verbose,
@@ -76,8 +78,8 @@ def run_one(S: int, X_cal, X_id, X_ood, args) -> dict:
     n_images = len(X_id) + len(X_ood)
     return {
         "n_samples": S,
-        # S = 1: the bound is the first ELBO draw of the skip columns, no separate pass
-        "passes_per_image": (S if S > 1 else 0) + args.n_skip_samples * det.n_latent_layers_ + 1,
+        "n_skip_samples": det.n_skip_samples_,
+        "passes_per_image": passes_per_image(det.estimator, S, det.n_skip_samples_, det.n_latent_layers_),
         "fit_seconds": round(fit_s, 2),
         "score_seconds": round(score_s, 2),
         "images_per_second": round(n_images / score_s, 2),
@@ -133,8 +135,10 @@ def main(argv=None) -> int:
         "--n-cal", type=int, default=2000, help="held-out calibration images"
     )
     p.add_argument("--samples", type=int, nargs="+", default=[1, 4, 16, 64, 250])
-    p.add_argument("--n-skip-samples", type=int, default=8,
-                   help="draws m averaged in each skip bound (the detector's default)")
+    defaults = HVAELikelihoodRatioDetector().get_params()
+    p.add_argument("--n-skip-samples", type=lambda v: v if v == "auto" else int(v), default=defaults["n_skip_samples"],
+                   help="draws m in each skip bound (default: the detector's; at most S with shared draws)")
+    p.add_argument("--estimator", default=defaults["estimator"], help="default: the detector's")
     p.add_argument("--n-boot", type=int, default=1000)
     p.add_argument("--random-state", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -169,6 +173,7 @@ def main(argv=None) -> int:
         "backbone_sha256": sha.pop(),
         "auto_ks": list(auto_ks.pop()),
         "n_skip_samples": args.n_skip_samples,
+        "estimator": args.estimator,
         "random_state": args.random_state,
         "n_boot": args.n_boot,
         "results": rows,

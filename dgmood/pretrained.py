@@ -75,7 +75,8 @@ REGISTRY: dict[str, PretrainedSpec] = {
         name="fmnist-hvae",
         kind="hvae",
         builder=_hvae,
-        kwargs=dict(input_shape=(1, 28, 28), channels=64, free_bits=2.0),
+        kwargs=dict(input_shape=(1, 28, 28), channels=64, free_bits=2.0, inference="top_down",
+                    free_bits_per="layer", analytic_kl=True),
         train=dict(lr=3e-4, batch_size=128, max_epochs=60),
     ),
 }

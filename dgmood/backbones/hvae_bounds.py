@@ -15,7 +15,7 @@ import math
 
 import torch
 
-__all__ = ["elbo", "skip_elbo", "iwae", "llr_scores", "shared_weights", "ESTIMATORS"]
+__all__ = ["elbo", "skip_elbo", "iwae", "llr_scores", "shared_weights", "passes_per_image", "ESTIMATORS"]
 
 
 def _flat_sum(t: torch.Tensor) -> torch.Tensor:
@@ -232,6 +232,15 @@ def llr_scores(
         avg = functools.reduce(torch.add, skips) / m
     skip = torch.cat([avg, top], 1)
     return {"elbo_bound": bound, "skip": skip, "llr": bound[:, None] - skip}
+
+
+def passes_per_image(estimator: str, n_samples: int, n_skip_samples: int, n_latent_layers: int) -> int:
+    """Decoder passes per image of :func:`llr_scores`: "independent" S + m L + 1 (m L + 1 at S = 1),
+    the shared-draw estimators S + m (L - 1) + 1 (a branched skip pass counted as a whole pass)."""
+    S, m, L = int(n_samples), int(n_skip_samples), int(n_latent_layers)
+    if estimator == "independent":
+        return (S if S > 1 else 0) + m * L + 1
+    return S + m * (L - 1) + 1
 
 
 def shared_weights(model, x: torch.Tensor, feats, eps: list[torch.Tensor], ks) -> list[torch.Tensor]:
