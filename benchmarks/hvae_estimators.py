@@ -8,7 +8,7 @@ Usage::
 For a hierarchical VAE (the shipped one, or weights written by
 ``scripts/train_pretrained.py``, whose JSON beside them gives the
 architecture), on the first ``n`` FashionMNIST test (ID) and MNIST test (OOD)
-images, each binarized once with a seeded draw shared by the batch, it
+images, each binarized once with its own seeded draw (as the detector), it
 computes the log-weights :math:`w_k(s)`, k = 0 .. L-1, of S shared posterior
 draws (:func:`dgmood.backbones.hvae_bounds.shared_weights`) and the prior-mean
 bound :math:`\mathcal L^{>L}`, once (and the analytic KL of each latent layer
@@ -41,7 +41,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dgmood.backbones import hvae_bounds
-from dgmood.backbones.hvae import HierarchicalVAE, binarize
+from dgmood.backbones.hvae import HierarchicalVAE, binarize, row_generators
 from dgmood.datasets import load_fashion_mnist, load_mnist
 from dgmood.detectors.hvae_llr import auto_ks, fisher_llr_score
 from dgmood.metrics import auroc
@@ -72,19 +72,20 @@ def weight_table(model, X: np.ndarray, S: int, batch: int, seed: int = 0, indepe
     t0 = time.perf_counter()
     for i in tqdm(range(0, len(X), batch), desc=f"S={S}", leave=False):
         xb = torch.as_tensor(X[i : i + batch], dtype=torch.float32).view(-1, *model.input_shape) / 255.0
-        x = binarize(xb, torch.Generator().manual_seed(seed), shared_noise=True)
-        g = torch.Generator().manual_seed(seed + 1)
+        x = binarize(xb, row_generators(xb.numpy(), seed))
+        g = row_generators(xb.numpy(), seed + 7919)
         feats = model.features(x)
         rows = []
         for _ in range(S):
-            eps = model.draw_noise(1, generator=g, dtype=x.dtype)
+            eps = model.draw_noise(len(x), generator=g, dtype=x.dtype)
             rows.append(torch.stack(hvae_bounds.shared_weights(model, x, feats, eps, range(L)), 1).double())
         ws.append(torch.stack(rows))
         tops.append(model.skip_elbo(x, L).double())
-        _, kl = model._terms(x, 0, generator=torch.Generator().manual_seed(seed + 3), analytic_kl=True)
+        _, kl = model._terms(x, 0, generator=row_generators(xb.numpy(), seed + 3 * 7919), analytic_kl=True)
         kls.append(torch.stack([t.flatten(1).sum(1) for t in kl], 1).double())
         if independent:
-            out = model.llr_scores(x, 16, torch.Generator().manual_seed(seed + 2), True, 8, estimator="independent")
+            out = model.llr_scores(x, 16, row_generators(xb.numpy(), seed + 2 * 7919), False, 8,
+                                   estimator="independent")
             indep.append(out["llr"].double())
     seconds = time.perf_counter() - t0
     out = {"w": torch.cat(ws, 1).numpy(), "top": torch.cat(tops).numpy(), "seconds": seconds,

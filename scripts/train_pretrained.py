@@ -3,7 +3,7 @@
 Usage (what produced the shipped weights is recorded in each weights' JSON)::
 
     python scripts/train_pretrained.py fmnist-flow --out dgmood/weights --time-budget 420
-    python scripts/train_pretrained.py fmnist-hvae --out dgmood/weights --time-budget 420
+    python scripts/train_pretrained.py fmnist-hvae --out dgmood/weights --time-budget 2700 --free-bits-hold
 
 Tiny local smoke run: ``--n-train 512 --max-epochs 1 --eval-n 64 --iwae-samples 4``.
 Writes ``<out>/<name>.pt`` (CPU state_dict) and ``<out>/<name>.json``.

@@ -216,7 +216,7 @@ def llr_scores(
         return {"elbo_bound": bound, "skip": skip, "llr": bound[:, None] - skip}
     if m > S:
         raise ValueError(f"n_skip_samples ({m}) must not exceed n_samples ({S}) with shared draws.")
-    n = 1 if shared_noise else x.shape[0]
+    n = 1 if (shared_noise and not isinstance(generator, (list, tuple))) else x.shape[0]
     full, skips = [], []
     for s in range(S):
         eps = model.draw_noise(n, generator=generator, device=x.device, dtype=x.dtype)

@@ -113,8 +113,12 @@ class HVAELikelihoodRatioDetector(BaseDetector):
       are left out: :func:`auto_ks`).
 
     Every draw (binarization of the inputs, importance samples, posterior
-    samples) comes from generators seeded by ``random_state`` and is shared by
-    the whole batch, so a sample's score does not depend on its batch.
+    samples) of a row comes from generators seeded by ``random_state`` and a
+    hash of the row's bytes (:func:`~dgmood.backbones.hvae.row_generators`), so
+    a sample's score does not depend on its batch, and two rows never share a
+    draw. (Noise shared by a whole evaluation set correlates every score
+    through one draw: on the shipped model the AUROC of :math:`LLR^{>1}` then
+    moved between 0.984 and 0.997 with the seed, on 200 + 200 images.)
 
     Parameters
     ----------
@@ -166,9 +170,9 @@ class HVAELikelihoodRatioDetector(BaseDetector):
         why shared draws pay; the skip passes also reuse the full pass above k.
         "lme": log-mean-exp on both sides (the reference run's estimator).
         "independent": IWAE over S draws minus m fresh skip draws per k (the
-        first shipped estimator). Every draw is shared by the batch
-        (``shared_noise``) and every batch is padded to ``batch_size`` rows, so
-        a sample's score does not depend on its batch mates, batch size or order.
+        first shipped estimator). A row's draws come from its own generators
+        (see below) and every batch is padded to ``batch_size`` rows, so a
+        sample's score does not depend on its batch mates, batch size or order.
     input_shape : tuple, optional
         Shape of one image, e.g. (1, 28, 28); X stays flattened.
     data_range : {"auto", "uint8", "unit", "real"}
@@ -317,14 +321,17 @@ class HVAELikelihoodRatioDetector(BaseDetector):
 
     # -------------------------------------------------------------- scoring
     def _batch_components(self, module, xb, generators, n_valid):
+        from ..backbones.hvae import binarize, row_generators
+
         param = next(module.parameters(), None)
         if param is not None:
             xb = xb.to(param.dtype)
+        # every row draws from generators seeded by random_state and its own bytes: its score does not
+        # depend on the batch, and different rows get independent noise (no draw shared by all scores)
+        rows = xb.detach().cpu().numpy()
         if getattr(module, "likelihood", "bernoulli") == "bernoulli":
-            from ..backbones.hvae import binarize
-
-            xb = binarize(xb, generators[0], shared_noise=True)
-        out = module.llr_scores(xb, n_samples=int(self.n_samples), generator=generators[1], shared_noise=True,
+            xb = binarize(xb, row_generators(rows, self.seed_))
+        out = module.llr_scores(xb, n_samples=int(self.n_samples), generator=row_generators(rows, self.seed_ + 7919),
                                 n_skip_samples=self.n_skip_samples_, estimator=self.estimator)
         return {"elbo_bound": out["elbo_bound"], "skip": out["skip"], "llr": out["llr"]}
 
