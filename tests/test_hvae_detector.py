@@ -309,6 +309,6 @@ def test_shared_draw_estimators_in_the_detector(X_id):
     np.testing.assert_array_equal(comps["llr"][:, 0], 0.0)
     hybrid = clone(lme).set_params(estimator="hybrid").fit(X_id[:200])
     assert (hybrid.score_components(X_id[:30])["llr"][:, 0] >= 0).all()
-    assert hybrid.benchmark_fields(comps, comps)["estimator"] == "hybrid"
+    assert hybrid.benchmark_fields(comps, comps)["llr_estimator"] == "hybrid"
     with pytest.raises(ValueError, match=r"n_skip_samples \(8\) must not exceed n_samples \(2\)"):
         _tiny(estimator="hybrid", n_skip_samples=8).fit(X_id[:100])

@@ -366,7 +366,7 @@ class HVAELikelihoodRatioDetector(BaseDetector):
             "likelihood_auroc": auroc(components_id["elbo_bound"], components_ood["elbo_bound"]),
             "n_samples": self.n_samples,
             "n_skip_samples": self.n_skip_samples_,
-            "estimator": self.estimator,
+            "llr_estimator": self.estimator,
             "passes_per_image": passes_per_image(self.estimator, self.n_samples, self.n_skip_samples_,
                                                  self.n_latent_layers_),
         }
