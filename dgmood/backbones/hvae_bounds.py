@@ -187,8 +187,11 @@ def llr_scores(
     prior mean) draws nothing and is computed once. All are bounds or
     estimates of bounds: :math:`E\,\hat{\mathcal L} \le \log p(x)`.
     ``shared_noise``: every draw is shared by the whole batch (see :func:`elbo`),
-    so a sample's value does not depend on its batch mates; the averages run
-    in draw order, elementwise.
+    so a sample's value does not depend on its batch mates. ``generator`` may
+    instead be a list of per-row generators
+    (:func:`~dgmood.backbones.hvae.row_generators`, what the detector passes):
+    each row then draws its own noise, still independent of its batch, and
+    rows do not share draws. The averages run in draw order, elementwise.
 
     Returns
     -------
