@@ -169,3 +169,19 @@ def test_bad_settings_are_refused():
         model.llr_scores(x, 2, estimator="median")
     with pytest.raises(ValueError, match="must not exceed n_samples"):
         model.llr_scores(x, 2, n_skip_samples=3, estimator="hybrid")
+
+
+def test_row_generators_give_each_row_its_own_noise_whatever_its_batch():
+    from dgmood.backbones.hvae import row_generators
+
+    model = _dense().eval()
+    X = torch.rand(6, 6, generator=_gen(3), dtype=torch.float64).numpy()
+    X[3] = X[1]  # a repeated row draws the same noise as its twin
+    eps = model.draw_noise(6, generator=row_generators(X, 0), dtype=torch.float64)
+    alone = model.draw_noise(1, generator=row_generators(X[4:5], 0), dtype=torch.float64)
+    assert all(torch.equal(a[4:5], b) for a, b in zip(eps, alone))
+    assert all(torch.equal(a[1], a[3]) and not torch.equal(a[0], a[1]) for a in eps)
+    other_seed = model.draw_noise(6, generator=row_generators(X, 1), dtype=torch.float64)
+    assert not torch.equal(eps[0], other_seed[0])
+    bits = binarize(torch.full((6, 1, 4, 4), 0.5), row_generators(X, 0))
+    assert torch.equal(bits[1], bits[3]) and not torch.equal(bits[0], bits[1])
