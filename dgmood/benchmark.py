@@ -25,7 +25,7 @@ DETECTORS: dict[str, tuple[str, str, dict]] = {
     "likelihood": ("LikelihoodDetector", "pretrained:fmnist-flow", {}),
     "typicality": ("TypicalityDetector", "pretrained:fmnist-flow", {}),
     "lid-flow": ("LIDLikelihoodDetector", "pretrained:fmnist-flow", {}),  # the defaults: fast LID, shipped target
-    "hvae-llr": ("HVAELikelihoodRatioDetector", "pretrained:fmnist-hvae", {"k": "auto", "n_samples": 16}),
+    "hvae-llr": ("HVAELikelihoodRatioDetector", "pretrained:fmnist-hvae", {"k": "auto"}),
 }
 
 
