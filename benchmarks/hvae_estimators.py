@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.special import logsumexp
 from tqdm.auto import tqdm
 
 from dgmood.backbones import hvae_bounds
@@ -95,9 +96,9 @@ def weight_table(model, X: np.ndarray, S: int, batch: int, seed: int = 0, indepe
     return out
 
 
-def _lme(a: np.ndarray, axis: int = 0) -> np.ndarray:
-    m = a.max(axis=axis, keepdims=True)
-    return (m + np.log(np.mean(np.exp(a - m), axis=axis, keepdims=True))).squeeze(axis)
+def _lme(a: np.ndarray) -> np.ndarray:
+    """Log-mean-exp over the draws (axis 0)."""
+    return logsumexp(a, axis=0) - np.log(a.shape[0])
 
 
 def derive(table: dict, S: int, estimator: str) -> np.ndarray:

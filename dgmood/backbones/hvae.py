@@ -14,9 +14,10 @@ et al., "Importance Weighted Autoencoders", ICLR 2016.
 Conventions: every score is in nats per example, shape ``(n,)``; Bernoulli
 inputs are already binarized to {0, 1} (use :func:`binarize` once per
 evaluation set). Every random draw comes from the ``generator`` argument.
-All KL terms are single-sample Monte Carlo estimates ``log q(z|.) - log p(z|.)``
-at the posterior sample, as in the reference code (analytic KLs would not
-combine with importance weighting nor with the skip bounds).
+All KL terms of the bounds are single-sample Monte Carlo estimates
+``log q(z|.) - log p(z|.)`` at the posterior sample, as in the reference code
+(analytic KLs would not combine with importance weighting nor with the skip
+bounds); the training loss may use the closed form (``analytic_kl=True``).
 """
 
 from __future__ import annotations

@@ -227,7 +227,8 @@ def llr_scores(
         full.append(w[0])
         if s < m:
             skips.append(torch.stack(w, 1))  # (n, L)
-    top = _skip(model, x, L, True, None, feats, shared_noise)[:, None]  # draws nothing
+    log_px_top, _ = model._terms(x, L, True, None, feats, eps=eps)  # every latent at its prior mean: eps unused
+    top = log_px_top[:, None]
     bound = _log_mean_exp(full)
     if estimator == "lme":  # column by column, the same operation as the bound: exactly 0 at k = 0 when m = S
         avg = torch.stack([_log_mean_exp([w[:, k] for w in skips]) for k in range(L)], 1)

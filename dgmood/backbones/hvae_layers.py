@@ -192,7 +192,7 @@ class Stages(NamedTuple):
     """Modules of a hierarchical VAE with L latent layers, bottom (index 0) first.
 
     ``q_paths[i]`` (:math:`Q_{i+1}`) and ``q_heads[i]`` give the posterior of
-    layer i; ``q_proj[i]`` (L - 1 of them) maps its sample to the input of
+    layer i; ``q_proj[i]`` (L - 1 of them, none for top-down inference) maps its sample to the input of
     ``q_paths[i + 1]``. ``p_proj[i]`` then ``p_paths[i]`` (:math:`P_{i+1}`) map
     a sample of layer i to the top-down features; ``p_heads[i]`` (L - 1) give
     the conditional prior of layer i from those of layer i + 1; ``x_head``

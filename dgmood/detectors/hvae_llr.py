@@ -117,8 +117,7 @@ class HVAELikelihoodRatioDetector(BaseDetector):
     hash of the row's bytes (:func:`~dgmood.backbones.hvae.row_generators`), so
     a sample's score does not depend on its batch, and two rows never share a
     draw. (Noise shared by a whole evaluation set correlates every score
-    through one draw: on the shipped model the AUROC of :math:`LLR^{>1}` then
-    moved between 0.984 and 0.997 with the seed, on 200 + 200 images.)
+    through one draw, so the AUROC moves with the seed: see the docs' HVAE section.)
 
     Parameters
     ----------
@@ -146,19 +145,17 @@ class HVAELikelihoodRatioDetector(BaseDetector):
         Gaussian likelihood by default), "upper" for pixels.
     n_samples : int, default=4
         Posterior draws S: importance samples of the bound (and, shared, of the
-        skip bounds). On the shipped model S = 4 scored as well as S = 16 at a
-        quarter of the cost (``benchmarks/hvae_estimators.py``, 300 + 300 images).
+        skip bounds). With m = S it costs S L + 1 passes; the AUROC per S of the
+        shipped model is in ``benchmarks/results/hvae_estimators_*.json``.
     n_skip_samples : "auto" or int, default="auto"
         Draws m in each skip bound :math:`\mathcal{L}^{>k}`, k < L. "auto": all
         S draws with a shared-draw estimator (the bound and the skip bounds then
         average the same draws; one skip draw against an S-draw bound leaves the
-        skip bound's noise in the ratio, and scored lower on the shipped model,
-        ``benchmarks/results/hvae_estimators_*.json``), 8 for "independent". With a
+        skip bound's noise in the ratio), 8 for "independent". With a
         shared-draw ``estimator`` they are the first m of the bound's S draws
         (m <= S): S + m (L - 1) + 1 passes per image; "independent": m fresh
-        draws per k, S + m L + 1 passes. A larger m lowers the noise of the
-        skip bound (the AUROC per S and m of the shipped model:
-        ``benchmarks/results/hvae_estimators_*.json``, the docs' HVAE page).
+        draws per k, S + m L + 1 passes. The AUROC per S and m of the shipped
+        model: ``benchmarks/results/hvae_estimators_*.json``.
     estimator : {"hybrid", "lme", "independent"}, default="hybrid"
         How the bound and the skip bounds are estimated
         (:func:`dgmood.backbones.hvae_bounds.llr_scores`, formulas there).
@@ -205,7 +202,7 @@ class HVAELikelihoodRatioDetector(BaseDetector):
     _backbone_names = ("hvae",)
     _pretrained_kinds = frozenset({"hvae"})
     _backbone_protocol = SkipBoundModel
-    _generator_streams = 2  # binarization, latent / importance samples
+    _generator_streams = 0  # every row seeds its own generators (row_generators) in _batch_components
 
     _parameter_constraints = {
         **BaseDetector._parameter_constraints,
@@ -301,7 +298,7 @@ class HVAELikelihoodRatioDetector(BaseDetector):
                 f"n_skip_samples ({self.n_skip_samples}) must not exceed n_samples ({self.n_samples})."
             )
 
-    def _resolve_skip_samples(self, module) -> int:
+    def _resolve_skip_samples(self) -> int:
         """``n_skip_samples="auto"``: every one of the S draws with a shared-draw estimator, 8 for "independent"."""
         if self.n_skip_samples != "auto":
             return int(self.n_skip_samples)
@@ -309,7 +306,7 @@ class HVAELikelihoodRatioDetector(BaseDetector):
 
     def _prepare(self, X_train: np.ndarray, X_cal: np.ndarray) -> None:
         module = self.backbone_
-        self.n_skip_samples_ = self._resolve_skip_samples(module)
+        self.n_skip_samples_ = self._resolve_skip_samples()
         self._check_likelihood(getattr(module, "likelihood", "bernoulli"))
         self.n_latent_layers_ = int(module.n_latent_layers)
         self._check_k(self.n_latent_layers_)
