@@ -23,7 +23,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["DensityModel", "LatentFlow", "SkipBoundModel", "check_backbone", "missing_members"]
+__all__ = ["DensityModel", "LatentFlow", "SkipBoundModel", "ScoreModel", "check_backbone", "missing_members"]
 
 
 @runtime_checkable
@@ -116,6 +116,30 @@ class SkipBoundModel(Protocol):
         """Bound, skip bounds and ratios (see the class docstring)."""
 
 
+@runtime_checkable
+class ScoreModel(DensityModel, Protocol):
+    r"""A VP-SDE diffusion model (:class:`~dgmood.backbones.diffusion.ScoreDiffusion`).
+
+    ``sigma_score(y, t)`` is :math:`\sigma(t) s(y, t)` in the model's own space,
+    ``to_model_space(x, generator, shared_noise)`` maps an input there
+    (images: dequantized and scaled to [-1, 1)), ``sde`` gives
+    :math:`\psi(t)`, :math:`\sigma(t)`, :math:`\beta(t)` and ``n_dims`` is D.
+    ``log_prob`` (the probability-flow ODE) also takes the keywords ``t_eps``,
+    ``solver``, ``steps``, ``trace`` and ``n_probes``.
+    """
+
+    n_dims: int
+    sde: object
+
+    def sigma_score(self, y: torch.Tensor, t) -> torch.Tensor:
+        r""":math:`\sigma(t) s(y, t)`, the shape of ``y``."""
+
+    def to_model_space(
+        self, x: torch.Tensor, generator: torch.Generator | None = None, shared_noise: bool = False
+    ) -> torch.Tensor:
+        """The input as the score network sees it at t = 0."""
+
+
 def _protocol_members(protocol: type) -> list[str]:
     names: list[str] = []
     for klass in reversed(protocol.__mro__):
@@ -144,7 +168,7 @@ def check_backbone(module: object, protocol: type, who: str) -> None:
     Parameters
     ----------
     module : the fitted backbone.
-    protocol : one of :class:`DensityModel`, :class:`LatentFlow`, :class:`SkipBoundModel` (or another
+    protocol : one of :class:`DensityModel`, :class:`LatentFlow`, :class:`SkipBoundModel`, :class:`ScoreModel` (or another
         ``typing.Protocol``).
     who : the detector's name, for the message.
     """
