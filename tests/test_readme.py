@@ -66,7 +66,7 @@ def test_shipped_lid_snippet():
     scope = {"heldout_images": heldout_images, "load_mnist": load_mnist}
     exec(snippet, scope)
     det, scores, labels = scope["det"], scope["scores"], scope["labels"]
-    assert det.lid_method == "fast" and det.lid_target == "auto"  # the defaults the README promises
+    assert det.lid_method_ == "fast" and det.lid_target == "auto"  # the defaults the README promises
     assert scores.shape == (8,) and np.isfinite(scores).all()
     assert set(labels) <= {-1, 1}
     assert len(det.calibration_scores_) == 16  # set_threshold replaced the calibration set

@@ -60,7 +60,7 @@ class ScoreUNet(nn.Module):
     down and ``blocks`` + 1 on the way up (with the skip connections); the time
     enters each block as a learned shift of its channels. H and W must be
     divisible by 4. The defaults (32 channels, mults (1, 2, 2), 1 block) give
-    about 0.9 M parameters: sized for CPU training.
+    about 1.6 M parameters: sized for CPU training.
     """
 
     def __init__(

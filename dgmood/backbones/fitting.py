@@ -33,6 +33,12 @@ def _hvae_spec(input_shape, params):
     return HierarchicalVAE, dict(input_shape=tuple(int(s) for s in input_shape), **params)
 
 
+def _diffusion_spec(input_shape, params):
+    from .diffusion import diffusion_spec
+
+    return diffusion_spec(input_shape, params)
+
+
 def _hvae_train_kwargs(params):
     from .schedules import hvae_schedules
 
@@ -61,6 +67,7 @@ class BackboneKind:
 BACKBONES: dict[str, BackboneKind] = {
     "flow": BackboneKind("flow", _flow_spec),
     "hvae": BackboneKind("hvae", _hvae_spec, _hvae_train_kwargs),
+    "diffusion": BackboneKind("diffusion", _diffusion_spec),
 }
 
 

@@ -21,6 +21,7 @@ PCA estimate (the paper's procedure) or a given target.
 
 from __future__ import annotations
 
+import math
 import warnings
 from numbers import Integral, Real
 
@@ -28,40 +29,32 @@ import numpy as np
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 
-from ..backbones.protocols import DensityModel, LatentFlow, check_backbone
+from ..backbones.protocols import DensityModel, LatentFlow, ScoreModel, check_backbone, missing_members
 from ..base import BaseDetector
 from ..envelope import oracle_dual_auroc
-from ..lid.jacobian import JacobianLID
-from ..lid.lpca import lpca_lid
 from ..metrics import auroc
 from ..rules import DualThresholdRule, JointDensityRule
+from .lid_methods import AUTO_PROBES, LID_METHODS, METHOD_KINDS, ODE_DEFAULTS, backbone_kind, lpca_target, resolve_method
 
-__all__ = ["LIDLikelihoodDetector", "LID_METHODS"]
-
-
-def _jacobian(method):
-    def make(det):
-        return JacobianLID(method, soft=det.count == "soft", n_probes=det.n_probes, n_steps=det.n_steps,
-                           smoothing=det.smoothing)
-
-    return make
-
-
-#: ``lid_method`` names and the estimator each builds from the detector's parameters.
-LID_METHODS = {"exact": _jacobian("exact"), "fast": _jacobian("fast")}
+__all__ = ["LIDLikelihoodDetector", "LID_METHODS", "METHOD_KINDS", "ODE_DEFAULTS"]
 
 
 class LIDLikelihoodDetector(BaseDetector):
-    r"""Dual likelihood + LID detector on a normalizing flow (Kamkari et al., ICML 2024).
+    r"""Dual likelihood + LID detector on a normalizing flow or a diffusion model (Kamkari et al., ICML 2024).
 
     Parameters
     ----------
-    backbone : "flow", "pretrained:fmnist-flow" or an ``nn.Module``
-        A module follows the protocol its LID estimator asks for: for "exact"
-        and "fast", :class:`~dgmood.backbones.protocols.LatentFlow`
-        (``encode_with_local_decoder``, ``decode``, ... as :class:`~dgmood.backbones.flows.ImageFlow`);
-        checked in ``fit``.
-    lid_method : {"exact", "fast"} or LIDEstimator, default="fast"
+    backbone : "flow", "diffusion", "pretrained:fmnist-flow", "pretrained:fmnist-diffusion" or an ``nn.Module``
+        "flow": a normalizing flow (:class:`~dgmood.backbones.flows.ImageFlow`),
+        log p exact, LID from its decoder Jacobian. "diffusion": a VP-SDE
+        diffusion model (:class:`~dgmood.backbones.diffusion.ScoreDiffusion`),
+        log p by the probability-flow ODE (``ode_params``), LID by FLIPD.
+        A module follows the protocol its LID estimator asks for:
+        :class:`~dgmood.backbones.protocols.LatentFlow` for "exact" and "fast",
+        :class:`~dgmood.backbones.protocols.ScoreModel` for "flipd"; checked in ``fit``.
+    lid_method : {"auto", "exact", "fast", "flipd"} or LIDEstimator, default="auto"
+        "auto": "fast" on a flow, "flipd" on a diffusion model. A method of
+        the other backbone kind is a ``ValueError`` naming the valid ones.
         "exact": the full Jacobian (D vector-Jacobian products per point)
         and its singular values; "fast": stochastic Lanczos quadrature with
         ``n_probes`` probes x ``n_steps`` Golub-Kahan steps (``2 n_probes n_steps``
@@ -69,7 +62,24 @@ class LIDLikelihoodDetector(BaseDetector):
         :math:`\log\sigma` by ``smoothing`` (:func:`~dgmood.lid.jacobian.count_from_quadrature`),
         a few times cheaper on the shipped flow at nearly the same ranking
         (``benchmarks/lid_speed.py`` measures both; docs: "Local intrinsic dimension").
+        "flipd": :math:`D + \sigma^2(t_0)[\mathrm{tr}\nabla s + \|s\|^2]` at
+        :math:`\psi(t_0) x` (:mod:`dgmood.lid.flipd`): one score evaluation and
+        ``n_probes`` Jacobian-vector products per point.
         Or any :class:`~dgmood.lid.base.LIDEstimator` (names: :data:`LID_METHODS`).
+    t0 : "auto" or float in (0, 1), default="auto"
+        FLIPD's time, its analogue of :math:`\tau`: the noise scale
+        :math:`\sigma(t_0)` below which directions count as off the manifold.
+        "auto": of the 16 times of :data:`~dgmood.lid.flipd.T0_GRID` (log grid
+        over [1e-3, 0.5]), the one whose mean FLIPD over ``n_calibration``
+        held-out points is closest to ``lid_target`` (recorded as ``t0_``).
+        Ignored by the flow methods.
+    ode_params : dict or None, default=None
+        Settings of a diffusion backbone's probability-flow ODE likelihood that
+        replace :data:`ODE_DEFAULTS` (``t_eps`` 0.01, ``solver`` "heun",
+        ``steps`` 25, ``trace`` "hutchinson", ``n_probes`` 4): about
+        ``(2 steps - 1) n_probes`` network JVPs per point. "rk45" is the
+        accurate solver but shares its step control across a batch (scores then
+        depend on batch mates within its tolerance). Ignored by flows.
     log_tau : "auto" or float
         Natural log of the singular-value threshold :math:`\tau`, in the space
         the decoder outputs ([0, 1] pixels for images). "auto": bisection so
@@ -99,7 +109,10 @@ class LIDLikelihoodDetector(BaseDetector):
         are strongly anti-correlated (FashionMNIST), OOD pairs with high
         likelihood and low LID lie along the ID cloud's own tail, and "joint"
         ranks them worse than "min-cdf".
-    n_probes, n_steps : int, default=1, 35
+    n_probes : "auto" or int, default="auto"
+        Probes per point: 1 for "fast" (2 n_probes n_steps products), 8 for
+        "flipd" (Hutchinson probes of the trace, shared by every point) when "auto".
+    n_steps : int, default=35
         Fast-method budget: 2 n_probes n_steps products per point. More steps
         resolve the spectrum near tau better at a linear cost; the defaults
         and ``smoothing`` were chosen on in-distribution images only (rank
@@ -120,7 +133,11 @@ class LIDLikelihoodDetector(BaseDetector):
     Attributes
     ----------
     log_tau_ : float
-        The threshold used (calibrated or given).
+        The threshold used (calibrated or given); for FLIPD, :math:`\log t_0`.
+    lid_method_ : str or LIDEstimator
+        The method used ("auto" resolved).
+    t0_ : float
+        FLIPD's time (FLIPD only).
     lid_target_ : float or None
         The mean LID the calibration aimed at.
     rule_ : DualThresholdRule or JointDensityRule
@@ -129,17 +146,19 @@ class LIDLikelihoodDetector(BaseDetector):
         Those pairs.
     """
 
-    _backbone_names = ("flow",)
-    _pretrained_kinds = frozenset({"flow"})
+    _backbone_names = ("flow", "diffusion")
+    _pretrained_kinds = frozenset({"flow", "diffusion"})
 
     _parameter_constraints = {
         **BaseDetector._parameter_constraints,
-        "lid_method": [StrOptions(set(LID_METHODS)), HasMethods(["raw", "count", "calibrate"])],
+        "lid_method": [StrOptions({"auto", *LID_METHODS}), HasMethods(["raw", "count", "calibrate"])],
+        "t0": [StrOptions({"auto"}), Interval(Real, 0, 1, closed="neither")],
+        "ode_params": [dict, None],
         "log_tau": [StrOptions({"auto"}), Real],
         "lid_target": [Interval(Real, 0, None, closed="neither"), StrOptions({"auto", "pretrained"}), None],
         "count": [StrOptions({"hard", "soft"})],
         "rule": [StrOptions({"joint", "min-cdf"})],
-        "n_probes": [Interval(Integral, 1, None, closed="left")],
+        "n_probes": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
         "n_steps": [Interval(Integral, 1, None, closed="left")],
         "smoothing": [Interval(Real, 0, None, closed="left")],
         "n_calibration": [Interval(Integral, 1, None, closed="left")],
@@ -151,12 +170,14 @@ class LIDLikelihoodDetector(BaseDetector):
         self,
         backbone="flow",
         *,
-        lid_method="fast",
+        lid_method="auto",
         log_tau="auto",
         lid_target="auto",
         count="hard",
         rule="min-cdf",
-        n_probes=1,
+        t0="auto",
+        ode_params=None,
+        n_probes="auto",
         n_steps=35,
         smoothing=0.5,
         n_calibration=128,
@@ -181,6 +202,8 @@ class LIDLikelihoodDetector(BaseDetector):
         self.lid_target = lid_target
         self.count = count
         self.rule = rule
+        self.t0 = t0
+        self.ode_params = ode_params
         self.n_probes = n_probes
         self.n_steps = n_steps
         self.smoothing = smoothing
@@ -201,29 +224,53 @@ class LIDLikelihoodDetector(BaseDetector):
         self.verbose = verbose
 
     # ------------------------------------------------------------ estimator
+    def _resolved_method(self):
+        return resolve_method(self.lid_method, self.backbone)
+
+    def _n_probes(self, method: str) -> int:
+        return AUTO_PROBES[method] if self.n_probes == "auto" else int(self.n_probes)
+
+    def _check_settings(self) -> None:
+        """A method of the other backbone kind, or an unknown ODE setting, fails before training."""
+        method, kind = self._resolved_method(), backbone_kind(self.backbone)
+        if isinstance(method, str) and kind is not None and METHOD_KINDS[method] != kind:
+            valid = ["auto"] + [m for m, k in METHOD_KINDS.items() if k == kind]
+            raise ValueError(
+                f"lid_method={method!r} needs a {METHOD_KINDS[method]} backbone, but backbone={self.backbone!r} "
+                f"is a {kind}; valid lid_method values for it: {valid} (or an LIDEstimator)."
+            )
+        unknown = sorted(set(self.ode_params or {}) - set(ODE_DEFAULTS))
+        if unknown:
+            raise ValueError(f"ode_params keys {unknown} are unknown; valid: {sorted(ODE_DEFAULTS)}.")
+
     def _lid_estimator(self):
-        if isinstance(self.lid_method, str):
-            return LID_METHODS[self.lid_method](self)
-        return self.lid_method
+        method = self.lid_method_
+        return LID_METHODS[method](self) if isinstance(method, str) else method
 
     def _batch_components(self, module, xb, generators, n_valid):
         """log p and the LID estimator's raw quantities (counted later, for any tau).
 
         The held-out raw quantities computed once in ``fit`` serve both the tau
         calibration and the rule; an estimator that works point by point sees
-        only the ``n_valid`` real rows.
+        only the ``n_valid`` real rows. While FLIPD's time is calibrated
+        (``_lid_only``), the diffusion's likelihood is not computed.
         """
         estimator = self.lid_estimator_
         z = local_decoder = None
         if LatentFlow in getattr(estimator.protocol, "__mro__", ()):
             z, log_prob, local_decoder = module.encode_with_local_decoder(
                 xb, generator=generators[0], shared_noise=True)
+        elif getattr(self, "_lid_only", False):
+            log_prob = None
+        elif self.ode_params_ is not None:
+            log_prob = module.log_prob(xb, generator=generators[0], shared_noise=True, **self.ode_params_)
         else:
             log_prob = module.log_prob(xb, generator=generators[0], shared_noise=True)
         rows = slice(0, n_valid) if estimator.per_point else slice(None)
         raw = estimator.raw(module, xb[rows], generators[1:], z=None if z is None else z[rows],
                             local_decoder=local_decoder)
-        return {"log_prob": log_prob, **{f"lid_raw_{k}": v for k, v in raw.items()}}
+        parts = {f"lid_raw_{k}": v for k, v in raw.items()}
+        return parts if log_prob is None else {"log_prob": log_prob, **parts}
 
     def _n_generators(self):
         """One stream for dequantization, then ``n_generators`` for the LID estimator (probes)."""
@@ -234,8 +281,9 @@ class LIDLikelihoodDetector(BaseDetector):
         return {k[len("lid_raw_"):]: v for k, v in raw.items() if k.startswith("lid_raw_")}
 
     def _fit_raw(self, raw):
-        """Calibrate tau on (at most ``n_calibration``) held-out points: an explicit fit-time step."""
-        if self.log_tau == "auto":
+        """Calibrate tau on (at most ``n_calibration``) held-out points: an explicit fit-time step
+        (FLIPD's t0 was calibrated in ``_prepare``, before the held-out points were scored)."""
+        if self.log_tau == "auto" and not self._on_grid():
             subset = self._calibration_subset(len(raw["log_prob"]))
             est_raw = {k: v[subset] for k, v in self._estimator_raw(raw).items()}
             self.log_tau_ = float(self.lid_estimator_.calibrate(est_raw, self.lid_target_))
@@ -264,37 +312,59 @@ class LIDLikelihoodDetector(BaseDetector):
         """The held-out points (at most ``n_calibration``) whose mean LID calibrates tau."""
         return check_random_state(self.seed_).choice(n, min(self.n_calibration, n), replace=False)
 
+    def _on_grid(self) -> bool:
+        return bool(getattr(self.lid_estimator_, "calibrates_on_grid", False))
+
     def _prepare(self, X_train, X_cal):
+        self.lid_method_ = self._resolved_method()
         self.lid_estimator_ = self._lid_estimator()
         protocol = self.lid_estimator_.protocol or DensityModel
-        check_backbone(self.backbone_, protocol, f"{type(self).__name__}(lid_method={self.lid_method!r})")
+        check_backbone(self.backbone_, protocol, f"{type(self).__name__}(lid_method={self.lid_method_!r})")
+        diffusion = not missing_members(self.backbone_, ScoreModel)
+        self.ode_params_ = {**ODE_DEFAULTS, **(self.ode_params or {})} if diffusion else None
+        if self._on_grid():
+            if self.t0 != "auto":
+                self.t0_ = float(self.t0)
+                self.log_tau_, self.lid_target_ = math.log(self.t0_), None
+                return
+            self.lid_target_ = self._lid_target(X_train, X_cal)
+            self._calibrate_t0(X_cal)
+            return
         if self.log_tau != "auto":
             self.log_tau_, self.lid_target_ = float(self.log_tau), None
             return
+        self.lid_target_ = self._lid_target(X_train, X_cal)
+
+    def _calibrate_t0(self, X_cal):
+        """FLIPD on :data:`~dgmood.lid.flipd.T0_GRID` for ``n_calibration`` held-out points; keep the
+        time whose mean is closest to the target, and score at that time alone from then on."""
+        self._lid_only = True
+        try:
+            raw = self._estimator_raw(self._raw_components(X_cal[self._calibration_subset(len(X_cal))]))
+        finally:
+            self._lid_only = False
+        log_t0 = float(self.lid_estimator_.calibrate(raw, self.lid_target_))
+        grid = np.asarray(self.lid_estimator_.t0s)
+        self.t0_ = float(grid[np.argmin(np.abs(np.log(grid) - log_t0))])  # the grid's value, exactly
+        self.log_tau_ = math.log(self.t0_)
+        self.t0_curve_ = np.c_[np.exp(raw["log_t0"][0]), raw["flipd"].mean(0)]
+        closest = float(self.t0_curve_[np.argmin(np.abs(self.t0_curve_[:, 0] - self.t0_)), 1])
+        if abs(closest - self.lid_target_) > 0.1 * self.lid_target_:
+            warnings.warn(
+                f"No t0 of the grid brings the mean FLIPD ({closest:.1f} at t0 = {self.t0_:.3g}) within 10 % of "
+                f"the LID target {self.lid_target_:.1f}; t0_curve_ holds the grid's means. Pass t0 or "
+                "lid_target.", UserWarning, stacklevel=4)
+        self.lid_estimator_.t0s = (self.t0_,)
+
+    def _lid_target(self, X_train, X_cal) -> float:
+        """The mean LID to calibrate at: a number, the shipped backbone's record, or local PCA of the fit data."""
         if self.lid_target == "pretrained" or (
                 self.lid_target == "auto" and self.backbone_metadata_.get("lid_calibration")):
-            self.lid_target_ = self._pretrained_lid_target()
-            return
+            return self._pretrained_lid_target()
         if self.lid_target not in (None, "auto"):
-            self.lid_target_ = float(self.lid_target)
-            return
-        X_fit = np.concatenate([X_train, X_cal])
-        k = min(self.lpca_neighbors, len(X_fit) - 1)
-        if k < 2:
-            raise ValueError("log_tau='auto' without lid_target needs at least 3 fit samples for local PCA.")
-        if k < self.lpca_neighbors:
-            warnings.warn(
-                f"local PCA for the tau target used {k} neighbours (lpca_neighbors={self.lpca_neighbors}, "
-                f"but only {len(X_fit)} fit samples): it sees at most {k - 1} dimensions, so the target and "
-                "tau may be too low. Fit on more data, or pass lid_target (a number, or 'pretrained' "
-                "with a shipped backbone).",
-                UserWarning,
-                stacklevel=4,  # _prepare <- BaseDetector.fit <- sklearn's fit wrapper <- the caller
-            )
+            return float(self.lid_target)
         queries = X_cal[self._calibration_subset(len(X_cal))]
-        self.lid_target_ = float(
-            lpca_lid(queries, X_fit, n_neighbors=k, alpha=self.lpca_alpha, exclude_self=True).mean()
-        )
+        return lpca_target(np.concatenate([X_train, X_cal]), queries, self.lpca_neighbors, self.lpca_alpha)
 
     def _pretrained_lid_target(self) -> float:
         record = self.backbone_metadata_.get("lid_calibration")
@@ -334,11 +404,15 @@ class LIDLikelihoodDetector(BaseDetector):
             "oracle_auroc": oracle_dual_auroc(pairs_id, pairs_ood),
             "log_tau": float(self.log_tau_),
             "lid_target": self.lid_target_,
-            "lid_method": self.lid_method if isinstance(self.lid_method, str) else repr(self.lid_method),
+            "lid_method": self.lid_method_ if isinstance(self.lid_method_, str) else repr(self.lid_method_),
             "rule": self.rule,
         }
-        if self.lid_method == "fast":
-            out.update(n_probes=self.n_probes, n_steps=self.n_steps, smoothing=self.smoothing)
+        if self.lid_method_ == "fast":
+            out.update(n_probes=self._n_probes("fast"), n_steps=self.n_steps, smoothing=self.smoothing)
+        if self.lid_method_ == "flipd":
+            out.update(t0=self.t0_, t0_auto=self.t0 == "auto", n_probes=self._n_probes("flipd"))
+        if self.ode_params_ is not None:
+            out["ode"] = dict(self.ode_params_)
         out["rule_aurocs"] = rules
         out["mean_lid_id"] = float(np.mean(components_id["lid"]))
         out["mean_lid_ood"] = float(np.mean(components_ood["lid"]))

@@ -1,0 +1,98 @@
+"""LIDLikelihoodDetector on a diffusion backbone: FLIPD and the ODE likelihood, against closed forms."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from dgmood import LIDLikelihoodDetector
+from dgmood.backbones.diffusion import ScoreDiffusion
+from dgmood.lid.flipd import T0_GRID
+
+from .test_diffusion import SDE, GaussianScore
+
+
+class _Float32Gaussian(nn.Module):
+    """The exact Gaussian score in float64 behind a float32 interface (as a trained network)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, y, t):
+        return self.inner(y.double(), t.double()).to(y.dtype)
+
+
+@pytest.fixture(scope="module")
+def subspace():
+    """Rank-2 Gaussian in R^5 (plus a 1e-4 jitter): ID rows on the plane, OOD rows off it."""
+    g = torch.Generator().manual_seed(0)
+    basis, _ = torch.linalg.qr(torch.randn(5, 2, generator=g, dtype=torch.float64))
+    cov = basis @ basis.T + 1e-4 * torch.eye(5, dtype=torch.float64)
+    net = GaussianScore(torch.zeros(5, dtype=torch.float64), cov)
+    rng = np.random.default_rng(0)
+    X_id = rng.normal(size=(300, 2)) @ basis.numpy().T
+    X_ood = X_id[:40] + 0.5 * rng.normal(size=(40, 5))
+    return ScoreDiffusion((5,), net=_Float32Gaussian(net)), net, X_id, X_ood
+
+
+def test_flipd_detector_matches_the_closed_forms(subspace):
+    module, net, X_id, X_ood = subspace
+    det = LIDLikelihoodDetector(module, max_epochs=0, data_range="real", lid_target=2.0, n_calibration=64,
+                                ode_params={"solver": "rk45", "trace": "exact"}, batch_size=32,
+                                random_state=0).fit(X_id[:200])
+    assert det.lid_method_ == "flipd" and det.t0_ in T0_GRID
+    assert abs(det.t0_curve_[np.argmin(np.abs(det.t0_curve_[:, 0] - det.t0_)), 1] - 2.0) < 0.2
+    comps = det.score_components(np.r_[X_id[200:240], X_ood])
+    y = torch.as_tensor(np.r_[X_id[200:240], X_ood], dtype=torch.float32).double()
+    exact_lp = net.marginal(0.01).log_prob(y).numpy()
+    np.testing.assert_allclose(comps["log_prob"], exact_lp, atol=0.02 * np.abs(exact_lp).max())
+    t0 = det.t0_
+    psi, sigma = float(SDE.psi(t0)), float(SDE.sigma(t0))
+    a_inv = torch.linalg.inv(net.marginal(t0).covariance_matrix)
+    r = (psi * y) @ a_inv
+    exact_lid = (5 - sigma**2 * torch.trace(a_inv) + sigma**2 * (r**2).sum(1)).numpy()
+    # Hutchinson with 8 probes: unbiased, so the mean over 80 rows is close; each row only roughly
+    assert abs(comps["lid"].mean() - exact_lid.mean()) < 0.1 * exact_lid.mean()
+    assert np.corrcoef(comps["lid"], exact_lid)[0, 1] > 0.9
+    assert comps["lid"][40:].mean() > comps["lid"][:40].mean() + 1  # off the plane: more directions
+    fields = det.benchmark_fields({k: v[:40] for k, v in comps.items()}, {k: v[40:] for k, v in comps.items()})
+    assert fields["lid_method"] == "flipd" and fields["t0"] == det.t0_ and fields["ode"]["solver"] == "rk45"
+
+
+def test_fixed_t0_skips_the_grid(subspace):
+    module, _, X_id, _ = subspace
+    det = LIDLikelihoodDetector(module, max_epochs=0, data_range="real", t0=0.05, ode_params={"steps": 2},
+                                random_state=0).fit(X_id[:50])
+    assert det.t0_ == 0.05 and det.log_tau_ == math.log(0.05) and det.lid_target_ is None
+    assert not hasattr(det, "t0_curve_")
+
+
+def test_a_method_of_the_other_backbone_kind_is_refused(subspace):
+    module, _, X_id, _ = subspace
+    with pytest.raises(ValueError, match=r"needs a flow backbone.*valid lid_method values for it: \['auto', 'flipd'\]"):
+        LIDLikelihoodDetector("diffusion", lid_method="fast").fit(X_id[:20])
+    with pytest.raises(ValueError, match=r"needs a diffusion backbone.*\['auto', 'exact', 'fast'\]"):
+        LIDLikelihoodDetector("flow", lid_method="flipd").fit(X_id[:20])
+    with pytest.raises(ValueError, match=r"needs a flow backbone"):
+        LIDLikelihoodDetector(module, max_epochs=0, lid_method="exact").fit(X_id[:20])
+    with pytest.raises(ValueError, match=r"ode_params keys \['step'\] are unknown"):
+        LIDLikelihoodDetector(module, max_epochs=0, ode_params={"step": 3}).fit(X_id[:20])
+
+
+def test_diffusion_trained_from_scratch_on_images_scores_and_predicts():
+    from sklearn.datasets import load_digits
+
+    X = (load_digits().data[:, :64] * 255 / 16).round().astype(np.uint8)
+    det = LIDLikelihoodDetector("diffusion", input_shape=(1, 8, 8), backbone_params={"channels": 8, "t_dim": 16},
+                                max_epochs=1, batch_size=32, lid_target=10.0, n_calibration=16,
+                                ode_params={"steps": 2, "n_probes": 1}, n_probes=2, random_state=0)
+    with pytest.warns(UserWarning, match="No t0 of the grid brings the mean FLIPD"):  # one epoch: far from 10
+        det.fit(X[:200])
+    assert det.lid_method_ == "flipd" and len(det.history_) == 1
+    labels = det.predict(X[200:232])
+    assert set(labels) <= {-1, 1}
+    comps = det.score_components(X[200:232])
+    assert np.isfinite(comps["log_prob"]).all() and np.isfinite(comps["lid"]).all()
