@@ -1,7 +1,7 @@
-"""Record the local-PCA LID target of a shipped flow in its metadata.
+"""Record the local-PCA LID target of a shipped flow or diffusion model in its metadata.
 
 ``LIDLikelihoodDetector(lid_target="pretrained")`` calibrates tau to this target
-instead of running local PCA on its own fit data, so a detector fitted on a
+(or FLIPD's t0 to it, on a diffusion) instead of running local PCA on its own fit data, so a detector fitted on a
 few hundred images gets the threshold a large sample gives (local PCA with k
 neighbours cannot see more than k - 1 dimensions, so a small fit set caps the
 target). The reference sample is the backbone's held-out training images
@@ -29,7 +29,7 @@ def main(argv=None):
 
     defaults = {k: v.default for k, v in inspect.signature(LIDLikelihoodDetector).parameters.items()}
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("name", choices=sorted(k for k, s in REGISTRY.items() if s.kind == "flow"))
+    p.add_argument("name", choices=sorted(k for k, s in REGISTRY.items() if s.kind in ("flow", "diffusion")))
     p.add_argument("--n-reference", type=int, default=None, help="held-out images used (default: all)")
     p.add_argument("--n-queries", type=int, default=1000)
     p.add_argument("--n-neighbors", type=int, default=defaults["lpca_neighbors"])

@@ -239,3 +239,35 @@ def test_unet_log_prob_and_flipd_run_and_are_batch_independent():
         model.log_prob(x, solver="rk4")
     with pytest.raises(ValueError, match=r"t_eps must lie in \(0, 1\)"):
         model.log_prob(x, t_eps=0.0)
+
+
+def test_normal_bundle_singular_values_match_their_expectation_and_count_the_subspace():
+    """V^T V / K -> sigma^2 A^-1 (psi^2 (x - mu)(x - mu)^T + sigma^2 I) A^-1 as K grows; on a rank-2
+    plane in R^6 at t0 = 0.01 four values are near 1 (normal) and two near 0 (tangent)."""
+    from dgmood.lid.normal_bundle import NormalBundleLID, gap_lid, normal_bundle_singular_values
+
+    net = _gaussian(6, rank=2, seed=9)
+    model = _model(net, (6,))
+    _, vecs = torch.linalg.eigh(net.u @ torch.diag(net.lam) @ net.u.T)
+    y0 = net.mu + torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) @ vecs[:, -2:].T
+    eps = torch.randn(20000, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    t0 = 0.01
+    sv = normal_bundle_singular_values(model, y0, eps, t0, chunk_size=4096)
+    psi, sigma = float(SDE.psi(t0)), float(SDE.sigma(t0))
+    a_inv = torch.linalg.inv(net.marginal(t0).covariance_matrix)
+    for i, point in enumerate(y0):
+        d = psi * (point - net.mu)
+        m = sigma**2 * a_inv @ (torch.outer(d, d) + sigma**2 * torch.eye(6, dtype=torch.float64)) @ a_inv
+        want = torch.linalg.eigvalsh(m).clamp(min=0).sqrt().flip(0)
+        torch.testing.assert_close(sv[i], want, rtol=0.03, atol=0.01)
+    est = NormalBundleLID(t0=t0)
+    raw = {"sv": sv.numpy()}
+    np.testing.assert_array_equal(est.count(raw, math.log(0.5)), [2.0, 2.0, 2.0])
+    sv_demo = np.array([[1.1, 1.0, 0.9, 0.95, 0.02, 0.01], [1.0, 1.0, 0.3, 0.2, 0.1, 0.05]])
+    np.testing.assert_array_equal(gap_lid(np.sort(sv_demo)[:, ::-1]), [2.0, 4.0])  # the largest log gap
+    log_tau = est.calibrate(raw, 2.0)
+    assert est.count(raw, log_tau).mean() == 2.0
+    assert est.count(raw, log_tau + 2).mean() >= est.count(raw, log_tau).mean()  # the count rises with tau
+    small = NormalBundleLID(t0=t0, n_draws=24, chunk_size=5)  # chunks padded: K need not divide
+    out = small.raw(model, y0, [torch.Generator().manual_seed(0)])["sv"]
+    assert out.shape == (3, 6)

@@ -96,3 +96,18 @@ def test_diffusion_trained_from_scratch_on_images_scores_and_predicts():
     assert set(labels) <= {-1, 1}
     comps = det.score_components(X[200:232])
     assert np.isfinite(comps["log_prob"]).all() and np.isfinite(comps["lid"]).all()
+
+
+def test_normal_bundle_detector_counts_the_plane(subspace):
+    module, _, X_id, X_ood = subspace
+    det = LIDLikelihoodDetector(module, max_epochs=0, data_range="real", lid_method="normal_bundle", lid_target=2.0,
+                                n_calibration=32, ode_params={"steps": 4}, batch_size=16,
+                                random_state=0).fit(X_id[:64])
+    comps = det.score_components(np.r_[X_id[100:110], X_ood[:10]])
+    np.testing.assert_array_equal(comps["lid"][:10], 2.0)
+    assert math.exp(det.log_tau_) < 1  # between the tangent values (near 0) and the normal ones (near 1)
+    gap = LIDLikelihoodDetector(module, max_epochs=0, data_range="real", lid_method="normal_bundle", log_tau=None,
+                                ode_params={"steps": 2}, batch_size=16, random_state=0).fit(X_id[:32])
+    assert gap.log_tau_ is None and np.isfinite(gap.score_components(X_id[100:104])["lid"]).all()
+    with pytest.raises(ValueError, match="log_tau=None .* is for lid_method='normal_bundle'"):
+        LIDLikelihoodDetector(module, max_epochs=0, lid_method="flipd", log_tau=None).fit(X_id[:20])

@@ -52,7 +52,7 @@ class LIDLikelihoodDetector(BaseDetector):
         A module follows the protocol its LID estimator asks for:
         :class:`~dgmood.backbones.protocols.LatentFlow` for "exact" and "fast",
         :class:`~dgmood.backbones.protocols.ScoreModel` for "flipd"; checked in ``fit``.
-    lid_method : {"auto", "exact", "fast", "flipd"} or LIDEstimator, default="auto"
+    lid_method : {"auto", "exact", "fast", "flipd", "normal_bundle"} or LIDEstimator, default="auto"
         "auto": "fast" on a flow, "flipd" on a diffusion model. A method of
         the other backbone kind is a ``ValueError`` naming the valid ones.
         "exact": the full Jacobian (D vector-Jacobian products per point)
@@ -64,7 +64,10 @@ class LIDLikelihoodDetector(BaseDetector):
         (``benchmarks/lid_speed.py`` measures both; docs: "Local intrinsic dimension").
         "flipd": :math:`D + \sigma^2(t_0)[\mathrm{tr}\nabla s + \|s\|^2]` at
         :math:`\psi(t_0) x` (:mod:`dgmood.lid.flipd`): one score evaluation and
-        ``n_probes`` Jacobian-vector products per point.
+        ``n_probes`` Jacobian-vector products per point. "normal_bundle":
+        the singular values of 4D noised copies' scores at :math:`t_0` = 0.01
+        (:mod:`dgmood.lid.normal_bundle`; 4D network evaluations and an SVD
+        per point), the ICML paper's estimator.
         Or any :class:`~dgmood.lid.base.LIDEstimator` (names: :data:`LID_METHODS`).
     t0 : "auto" or float in (0, 1), default="auto"
         FLIPD's time, its analogue of :math:`\tau`: the noise scale
@@ -72,7 +75,7 @@ class LIDLikelihoodDetector(BaseDetector):
         "auto": of the 16 times of :data:`~dgmood.lid.flipd.T0_GRID` (log grid
         over [1e-3, 0.5]), the one whose mean FLIPD over ``n_calibration``
         held-out points is closest to ``lid_target`` (recorded as ``t0_``).
-        Ignored by the flow methods.
+        For "normal_bundle": its noise time ("auto": 0.01). Ignored by the flow methods.
     ode_params : dict or None, default=None
         Settings of a diffusion backbone's probability-flow ODE likelihood that
         replace :data:`ODE_DEFAULTS` (``t_eps`` 0.01, ``solver`` "heun",
@@ -80,11 +83,15 @@ class LIDLikelihoodDetector(BaseDetector):
         ``(2 steps - 1) n_probes`` network JVPs per point. "rk45" is the
         accurate solver but shares its step control across a batch (scores then
         depend on batch mates within its tolerance). Ignored by flows.
-    log_tau : "auto" or float
+    log_tau : "auto", float or None
         Natural log of the singular-value threshold :math:`\tau`, in the space
-        the decoder outputs ([0, 1] pixels for images). "auto": bisection so
+        the decoder outputs ([0, 1] pixels for images); for "normal_bundle",
+        of the threshold below which a singular value of the stacked scores
+        counts as tangent (scale-free). "auto": bisection so
         that the mean LID of ``n_calibration`` held-out points equals
-        ``lid_target``.
+        ``lid_target``. None ("normal_bundle" only): the largest gap of the
+        log singular values (:func:`~dgmood.lid.normal_bundle.gap_lid`).
+        FLIPD ignores it (``t0`` is its scale).
     lid_target : float, "auto", "pretrained" or None, default="auto"
         Target mean LID for ``log_tau="auto"``. "auto": "pretrained" for a
         shipped backbone that records a target, else None. None: local PCA of the fit data
@@ -154,7 +161,7 @@ class LIDLikelihoodDetector(BaseDetector):
         "lid_method": [StrOptions({"auto", *LID_METHODS}), HasMethods(["raw", "count", "calibrate"])],
         "t0": [StrOptions({"auto"}), Interval(Real, 0, 1, closed="neither")],
         "ode_params": [dict, None],
-        "log_tau": [StrOptions({"auto"}), Real],
+        "log_tau": [StrOptions({"auto"}), Real, None],
         "lid_target": [Interval(Real, 0, None, closed="neither"), StrOptions({"auto", "pretrained"}), None],
         "count": [StrOptions({"hard", "soft"})],
         "rule": [StrOptions({"joint", "min-cdf"})],
@@ -239,6 +246,9 @@ class LIDLikelihoodDetector(BaseDetector):
                 f"lid_method={method!r} needs a {METHOD_KINDS[method]} backbone, but backbone={self.backbone!r} "
                 f"is a {kind}; valid lid_method values for it: {valid} (or an LIDEstimator)."
             )
+        if self.log_tau is None and method != "normal_bundle":
+            raise ValueError(f"log_tau=None (the largest spectral gap) is for lid_method='normal_bundle', "
+                             f"not {method!r}; pass 'auto' or a number.")
         unknown = sorted(set(self.ode_params or {}) - set(ODE_DEFAULTS))
         if unknown:
             raise ValueError(f"ode_params keys {unknown} are unknown; valid: {sorted(ODE_DEFAULTS)}.")
@@ -331,7 +341,8 @@ class LIDLikelihoodDetector(BaseDetector):
             self._calibrate_t0(X_cal)
             return
         if self.log_tau != "auto":
-            self.log_tau_, self.lid_target_ = float(self.log_tau), None
+            self.log_tau_ = None if self.log_tau is None else float(self.log_tau)
+            self.lid_target_ = None
             return
         self.lid_target_ = self._lid_target(X_train, X_cal)
 
@@ -402,7 +413,7 @@ class LIDLikelihoodDetector(BaseDetector):
             "likelihood_auroc": auroc(components_id["log_prob"], components_ood["log_prob"]),
             "lid_auroc": auroc(components_id["lid"], components_ood["lid"]),
             "oracle_auroc": oracle_dual_auroc(pairs_id, pairs_ood),
-            "log_tau": float(self.log_tau_),
+            "log_tau": None if self.log_tau_ is None else float(self.log_tau_),
             "lid_target": self.lid_target_,
             "lid_method": self.lid_method_ if isinstance(self.lid_method_, str) else repr(self.lid_method_),
             "rule": self.rule,

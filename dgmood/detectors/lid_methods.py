@@ -15,6 +15,7 @@ import torch
 from ..backbones.protocols import ScoreModel, missing_members
 from ..lid.flipd import T0_GRID, FLIPDLID
 from ..lid.jacobian import JacobianLID
+from ..lid.normal_bundle import NormalBundleLID
 from ..lid.lpca import lpca_lid
 
 __all__ = ["LID_METHODS", "METHOD_KINDS", "ODE_DEFAULTS", "AUTO_PROBES", "backbone_kind", "resolve_method",
@@ -34,10 +35,15 @@ def _flipd(det):
     return FLIPDLID(t0s, trace="hutchinson", n_probes=det._n_probes("flipd"))
 
 
+def _normal_bundle(det):
+    return NormalBundleLID(t0=0.01 if det.t0 == "auto" else float(det.t0))
+
+
 #: ``lid_method`` names and the estimator each builds from the detector's parameters.
-LID_METHODS = {"exact": _jacobian("exact"), "fast": _jacobian("fast"), "flipd": _flipd}
+LID_METHODS = {"exact": _jacobian("exact"), "fast": _jacobian("fast"), "flipd": _flipd,
+               "normal_bundle": _normal_bundle}
 #: The backbone kind each ``lid_method`` needs.
-METHOD_KINDS = {"exact": "flow", "fast": "flow", "flipd": "diffusion"}
+METHOD_KINDS = {"exact": "flow", "fast": "flow", "flipd": "diffusion", "normal_bundle": "diffusion"}
 #: Default Hutchinson probes per point for ``n_probes="auto"``.
 AUTO_PROBES = {"exact": 1, "fast": 1, "flipd": 8}
 #: The probability-flow ODE settings of a diffusion backbone's ``log_prob``
