@@ -224,6 +224,7 @@ def main(argv=None):
         schedules=(_hvae_schedules(train["max_epochs"], args.schedule_epochs, args.free_bits_hold)
                    if spec.kind == "hvae"
                    else _flow_schedules(train["lr"])),
+        ema_decay=train.get("ema_decay"),
         verbose=args.verbose,
         random_state=args.seed,
     )

@@ -87,3 +87,28 @@ def test_default_epochs_on_tabular_rows_run_to_early_stopping():
     X2 = rng.normal(size=(400, 2)) @ np.array([[1.0, 0.9], [0.0, 0.4]])
     det = LikelihoodDetector(backbone_params={"hidden": 8, "n_layers": 2}, random_state=0).fit(X2)
     assert det.max_epochs == "auto" and 20 < len(det.history_) < 200  # past the old cap, stopped early
+
+
+def test_weight_average_is_the_exponential_moving_average_of_the_steps():
+    """avg_1 = theta_1, avg_k = d avg_(k-1) + (1 - d) theta_k; validation batches do not count."""
+    from types import SimpleNamespace
+
+    from dgmood.backbones.training import WeightAverage
+
+    module = torch.nn.Linear(2, 1)
+    net = SimpleNamespace(module_=module)
+    cb = WeightAverage(decay=0.75)
+    cb.on_train_begin(net)
+    thetas = [torch.full((1, 2), v) for v in (1.0, 3.0, -2.0)]
+    for theta in thetas:
+        with torch.no_grad():
+            module.weight.copy_(theta)
+        cb.on_batch_end(net, training=True)
+        with torch.no_grad():
+            module.weight.add_(100.0)
+        cb.on_batch_end(net, training=False)  # a validation batch: ignored
+    cb.on_train_end(net)
+    want = thetas[0]
+    for theta in thetas[1:]:
+        want = 0.75 * want + 0.25 * theta
+    torch.testing.assert_close(module.weight.detach(), want)
