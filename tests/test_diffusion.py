@@ -87,6 +87,7 @@ def test_fixed_step_solvers_converge_at_their_order_on_a_thin_gaussian():
     net = GaussianScore(torch.zeros(6, dtype=torch.float64),
                         u @ torch.diag(torch.tensor([1.0, 0.5, 0.3, 1e-5, 1e-5, 1e-5], dtype=torch.float64)) @ u.T)
     model = _model(net, (6,))
+    torch.manual_seed(0)
     y0 = net.marginal(1e-6).sample((6,))
     ref = model.log_prob(y0, solver="rk45", trace="exact")
     err = {(solver, n): (model.log_prob(y0, solver=solver, steps=n, trace="exact") - ref).abs().max().item()
@@ -102,6 +103,7 @@ def test_fixed_step_solvers_converge_at_their_order_on_a_thin_gaussian():
 def test_image_log_prob_is_the_density_of_dequantized_pixels():
     net = _gaussian(4, seed=1, sde=VPSDE(0.1, 40.0))
     model = _model(net, (1, 2, 2))
+    torch.manual_seed(0)
     x = torch.randint(0, 256, (5, 1, 2, 2)).double() / 255.0
     got = model.log_prob(x, torch.Generator().manual_seed(3), trace="exact", solver="rk45")
     v = dequantize(x, torch.Generator().manual_seed(3))
@@ -165,6 +167,7 @@ def test_training_loss_is_smallest_at_the_true_score():
     on the same noise (the loss's sign and scaling conventions)."""
     net = _gaussian(4, seed=7)
     wrong = GaussianScore(net.mu, 2.0 * net.u @ torch.diag(net.lam) @ net.u.T)
+    torch.manual_seed(0)
     x = net.marginal(1e-6).sample((4000,))
     losses = {}
     for name, module in {"true": net, "wrong": wrong}.items():
@@ -222,6 +225,7 @@ def test_unet_log_prob_and_flipd_run_and_are_batch_independent():
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    torch.manual_seed(0)
     x = torch.randint(0, 256, (4, 1, 8, 8)).float() / 255.0
     est = FLIPDLID(t0s=(0.05,), n_probes=2)
 

@@ -80,6 +80,18 @@ def test_a_method_of_the_other_backbone_kind_is_refused(subspace):
         LIDLikelihoodDetector(module, max_epochs=0, lid_method="exact").fit(X_id[:20])
     with pytest.raises(ValueError, match=r"ode_params keys \['step'\] are unknown"):
         LIDLikelihoodDetector(module, max_epochs=0, ode_params={"step": 3}).fit(X_id[:20])
+    with pytest.raises(ValueError, match=r"solver must be one of .*; n_probes must be an integer >= 1, got 0"):
+        LIDLikelihoodDetector("diffusion", ode_params={"solver": "rk4", "n_probes": 0}).fit(X_id[:20])
+
+
+def test_a_users_estimator_is_not_changed_by_fit(subspace):
+    from dgmood.lid.flipd import FLIPDLID
+
+    module, _, X_id, _ = subspace
+    mine = FLIPDLID(n_probes=2)
+    det = LIDLikelihoodDetector(module, max_epochs=0, data_range="real", lid_method=mine, lid_target=2.0,
+                                n_calibration=16, ode_params={"steps": 2}, random_state=0).fit(X_id[:40])
+    assert mine.t0s == T0_GRID and det.lid_estimator_ is not mine and det.lid_estimator_.t0s == (det.t0_,)
 
 
 def test_diffusion_trained_from_scratch_on_images_scores_and_predicts():

@@ -181,11 +181,14 @@ class ScoreDiffusion(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         r"""Per-sample denoising score matching loss :math:`\|\mathrm{net}(\psi y_0 + \sigma\epsilon, t) + \epsilon\|^2`,
-        :math:`t \sim U(t_{\min}, 1)`, fresh dequantization and noise from the global RNG."""
-        y0 = self.to_model_space(x)
-        t = self.t_min + (1.0 - self.t_min) * torch.rand(y0.shape[0], device=y0.device, dtype=y0.dtype)
+        :math:`t \sim U(t_{\min}, 1)`, fresh dequantization and noise from the global RNG in training
+        mode; in eval mode (skorch's validation) from a generator seeded 0, so that the validation
+        loss of every epoch uses the same draws and early stopping compares like with like."""
+        g = None if self.training else torch.Generator(device=x.device).manual_seed(0)
+        y0 = self.to_model_space(x, g)
+        t = self.t_min + (1.0 - self.t_min) * torch.rand(y0.shape[0], generator=g, device=y0.device, dtype=y0.dtype)
         shape = (-1,) + (1,) * (y0.dim() - 1)
-        eps = torch.randn_like(y0)
+        eps = torch.randn(y0.shape, generator=g, device=y0.device, dtype=y0.dtype)
         yt = self.sde.psi(t).reshape(shape) * y0 + self.sde.sigma(t).reshape(shape) * eps
         return (self.net(yt, t) + eps).pow(2).flatten(1).sum(1)
 
@@ -228,7 +231,7 @@ class ScoreDiffusion(nn.Module):
         x : pixels in [0, 1] (dequantized here, noise from ``generator``;
             ``shared_noise``: one noise image for the batch) or rows.
         t_eps : start time in (0, 1).
-        solver : "heun" (default; 2 steps - 1 network calls per probe), "euler"
+        solver : "heun" (default; 2 steps network calls per probe), "euler"
             (``steps``), both on the fixed grid :func:`time_grid` of ``steps``
             intervals: a sample's value is independent of its batch mates; or "rk45"
             (scipy ``solve_ivp``, rtol = atol = 1e-5, the accurate choice,
@@ -297,14 +300,15 @@ class ScoreDiffusion(nn.Module):
         :math:`t_{\min}`), :math:`dy = [-\tfrac12\beta y - \beta s]dt + \sqrt\beta\, d\bar w`,
         ending with the denoised mean :math:`(y + \sigma^2 s)/\psi` (Tweedie). Images come
         back as pixels in [0, 1]."""
-        device = next(self.parameters()).device
-        y = torch.randn(n, *self.input_shape, generator=generator, device=device)
+        param = next(self.parameters())
+        device, dtype = param.device, param.dtype
+        y = torch.randn(n, *self.input_shape, generator=generator, device=device, dtype=dtype)
         ts = np.linspace(1.0, self.t_min, steps + 1)
         for t0, t1 in zip(ts[:-1], ts[1:]):
             dt = float(t1 - t0)  # negative
             beta = float(self.sde.beta(t0))
             drift = -0.5 * beta * y - beta * self.score(y, float(t0))
-            noise = torch.randn(y.shape, generator=generator, device=device)
+            noise = torch.randn(y.shape, generator=generator, device=device, dtype=dtype)
             y = y + drift * dt + math.sqrt(beta * -dt) * noise
         t = float(ts[-1])
         y = (y + float(self.sde.sigma(t)) ** 2 * self.score(y, t)) / float(self.sde.psi(t))

@@ -21,6 +21,7 @@ PCA estimate (the paper's procedure) or a given target.
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from numbers import Integral, Real
@@ -34,7 +35,9 @@ from ..base import BaseDetector
 from ..envelope import oracle_dual_auroc
 from ..metrics import auroc
 from ..rules import DualThresholdRule, JointDensityRule
-from .lid_methods import AUTO_PROBES, LID_METHODS, METHOD_KINDS, ODE_DEFAULTS, backbone_kind, lpca_target, resolve_method
+from ..lid.normal_bundle import NormalBundleLID
+from .lid_methods import (AUTO_PROBES, LID_METHODS, METHOD_KINDS, ODE_DEFAULTS, backbone_kind, check_ode_params,
+                          lpca_target, resolve_method)
 
 __all__ = ["LIDLikelihoodDetector", "LID_METHODS", "METHOD_KINDS", "ODE_DEFAULTS"]
 
@@ -80,7 +83,7 @@ class LIDLikelihoodDetector(BaseDetector):
         Settings of a diffusion backbone's probability-flow ODE likelihood that
         replace :data:`ODE_DEFAULTS` (``t_eps`` 0.01, ``solver`` "heun",
         ``steps`` 25, ``trace`` "hutchinson", ``n_probes`` 4): about
-        ``(2 steps - 1) n_probes`` network JVPs per point. "rk45" is the
+        ``2 steps n_probes`` network JVPs per point (Heun). "rk45" is the
         accurate solver but shares its step control across a batch (scores then
         depend on batch mates within its tolerance). Ignored by flows.
     log_tau : "auto", float or None
@@ -246,16 +249,20 @@ class LIDLikelihoodDetector(BaseDetector):
                 f"lid_method={method!r} needs a {METHOD_KINDS[method]} backbone, but backbone={self.backbone!r} "
                 f"is a {kind}; valid lid_method values for it: {valid} (or an LIDEstimator)."
             )
-        if self.log_tau is None and method != "normal_bundle":
+        if self.log_tau is None and not (method == "normal_bundle" or isinstance(method, NormalBundleLID)):
             raise ValueError(f"log_tau=None (the largest spectral gap) is for lid_method='normal_bundle', "
                              f"not {method!r}; pass 'auto' or a number.")
-        unknown = sorted(set(self.ode_params or {}) - set(ODE_DEFAULTS))
-        if unknown:
-            raise ValueError(f"ode_params keys {unknown} are unknown; valid: {sorted(ODE_DEFAULTS)}.")
+        check_ode_params(self.ode_params)
 
     def _lid_estimator(self):
+        """A fresh estimator: a user's instance is deep-copied, since fitting may set its times (FLIPD)."""
         method = self.lid_method_
-        return LID_METHODS[method](self) if isinstance(method, str) else method
+        if isinstance(method, str):
+            return LID_METHODS[method](self)
+        estimator = copy.deepcopy(method)
+        if getattr(estimator, "calibrates_on_grid", False) and self.t0 != "auto":
+            estimator.t0s = (float(self.t0),)
+        return estimator
 
     def _batch_components(self, module, xb, generators, n_valid):
         """log p and the LID estimator's raw quantities (counted later, for any tau).
@@ -364,7 +371,7 @@ class LIDLikelihoodDetector(BaseDetector):
             warnings.warn(
                 f"No t0 of the grid brings the mean FLIPD ({closest:.1f} at t0 = {self.t0_:.3g}) within 10 % of "
                 f"the LID target {self.lid_target_:.1f}; t0_curve_ holds the grid's means. Pass t0 or "
-                "lid_target.", UserWarning, stacklevel=4)
+                "lid_target.", UserWarning, stacklevel=5)  # <- _prepare <- fit <- sklearn's wrapper <- caller
         self.lid_estimator_.t0s = (self.t0_,)
 
     def _lid_target(self, X_train, X_cal) -> float:

@@ -19,7 +19,7 @@ from ..lid.normal_bundle import NormalBundleLID
 from ..lid.lpca import lpca_lid
 
 __all__ = ["LID_METHODS", "METHOD_KINDS", "ODE_DEFAULTS", "AUTO_PROBES", "backbone_kind", "resolve_method",
-           "lpca_target"]
+           "lpca_target", "check_ode_params"]
 
 
 def _jacobian(method):
@@ -50,6 +50,29 @@ AUTO_PROBES = {"exact": 1, "fast": 1, "flipd": 8}
 #: (:meth:`~dgmood.backbones.diffusion.ScoreDiffusion.log_prob`) that ``ode_params`` may change.
 ODE_DEFAULTS = {"t_eps": 0.01, "solver": "heun", "steps": 25, "trace": "hutchinson", "n_probes": 4}
 
+
+
+def check_ode_params(ode_params: dict | None) -> None:
+    """A ``ValueError`` for an unknown key or a value ``ScoreDiffusion.log_prob`` would refuse (before training)."""
+    from ..backbones.diffusion import SOLVERS, TRACES
+
+    params = dict(ode_params or {})
+    unknown = sorted(set(params) - set(ODE_DEFAULTS))
+    if unknown:
+        raise ValueError(f"ode_params keys {unknown} are unknown; valid: {sorted(ODE_DEFAULTS)}.")
+    p = {**ODE_DEFAULTS, **params}
+    problems = []
+    if p["solver"] not in SOLVERS:
+        problems.append(f"solver must be one of {SOLVERS}, got {p['solver']!r}")
+    if p["trace"] not in TRACES:
+        problems.append(f"trace must be one of {TRACES}, got {p['trace']!r}")
+    if not (isinstance(p["t_eps"], (int, float)) and 0 < p["t_eps"] < 1):
+        problems.append(f"t_eps must lie in (0, 1), got {p['t_eps']!r}")
+    for key in ("steps", "n_probes"):
+        if not (isinstance(p[key], int) and not isinstance(p[key], bool) and p[key] >= 1):
+            problems.append(f"{key} must be an integer >= 1, got {p[key]!r}")
+    if problems:
+        raise ValueError("ode_params: " + "; ".join(problems) + ".")
 
 
 def backbone_kind(backbone) -> str | None:

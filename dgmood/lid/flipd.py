@@ -97,7 +97,8 @@ class FLIPDLID(LIDEstimator):
 
     def raw(self, model, x, generators, z=None, local_decoder=None):
         """``{"flipd": (n, len(t0s)), "log_t0": (n, len(t0s))}``; the dequantization noise (shared by
-        the batch) and then the probes come from ``generators[0]``."""
+        the batch) and then the probes come from ``generators[0]``: a detector gives the estimator
+        its own stream, so its dequantized input is another draw than the likelihood's."""
         y0 = model.to_model_space(x, generators[0], shared_noise=True)
         probes = None
         if self.trace == "hutchinson":

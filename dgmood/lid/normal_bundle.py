@@ -116,5 +116,13 @@ class NormalBundleLID(LIDEstimator):
         return (sv < math.exp(log_tau)).sum(1).astype(np.float64)
 
     def calibrate(self, raw, target):
-        """:math:`\\log\\tau` whose mean count is ``target`` (bisection on the rising count)."""
-        return -calibrate_log_tau(lambda u: self.count(raw, -u), target)
+        """:math:`\\log\\tau` whose mean count is closest to ``target``: bisection on the rising count,
+        then the middle (in log) of the interval between the two pooled singular values around
+        that :math:`\\tau`, over which the count is the same, so that new points are not decided by
+        a threshold sitting on a calibration point's value."""
+        log_tau = -calibrate_log_tau(lambda u: self.count(raw, -u), target)
+        pooled = np.log(np.maximum(np.asarray(raw["sv"], dtype=np.float64).ravel(), 1e-300))
+        below, above = pooled[pooled < log_tau], pooled[pooled >= log_tau]
+        if below.size and above.size:
+            return float(0.5 * (below.max() + above.min()))
+        return float(log_tau)
