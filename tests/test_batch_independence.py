@@ -58,7 +58,7 @@ def tabular():
         lambda: HVAELikelihoodRatioDetector(backbone_params={"channels": 8, "latent_dims": (2, 2)}, max_epochs=2,
                                             batch_size=16, n_samples=2, n_skip_samples=2, random_state=0),
         lambda: LIDLikelihoodDetector("diffusion", backbone_params={"hidden": 16, "n_layers": 2}, max_epochs=2,
-                                      batch_size=16, lid_target=2.0, ode_params={"steps": 3}, n_probes=2,
+                                      batch_size=16, t0=0.05, ode_params={"steps": 3}, n_probes=2,
                                       random_state=0),
     ],
     ids=["likelihood", "typicality", "lid-fast", "lid-exact", "hvae", "lid-flipd"],

@@ -72,7 +72,7 @@ def test_fixed_t0_skips_the_grid(subspace):
 
 def test_a_method_of_the_other_backbone_kind_is_refused(subspace):
     module, _, X_id, _ = subspace
-    with pytest.raises(ValueError, match=r"needs a flow backbone.*valid lid_method values for it: \['auto', 'flipd'\]"):
+    with pytest.raises(ValueError, match=r"needs a flow backbone.*valid lid_method values for it: \['auto', 'flipd', 'normal_bundle'\]"):
         LIDLikelihoodDetector("diffusion", lid_method="fast").fit(X_id[:20])
     with pytest.raises(ValueError, match=r"needs a diffusion backbone.*\['auto', 'exact', 'fast'\]"):
         LIDLikelihoodDetector("flow", lid_method="flipd").fit(X_id[:20])
