@@ -38,7 +38,7 @@ from scipy.stats import spearmanr
 
 from dgmood.backbones.diffusion import rademacher
 from dgmood.datasets import load_dataset
-from dgmood.detectors.lid_methods import ODE_DEFAULTS
+from dgmood.backbones.diffusion import ODE_DEFAULTS
 from dgmood.lid.flipd import flipd
 from dgmood.lid.normal_bundle import NormalBundleLID, gap_lid, normal_bundle_singular_values
 from dgmood.metrics import auroc

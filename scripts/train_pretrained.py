@@ -81,7 +81,7 @@ def evaluate_diffusion(module, X_id, X_ood, device, shape, n_bpd=500, batch_size
     and on every evaluation image at the detector's ODE defaults: mean bits/dim, likelihood AUROC and
     mean FLIPD at a few t0 (the LID scale calibration picks from)."""
     from dgmood.backbones.flows import bits_per_dim
-    from dgmood.detectors.lid_methods import ODE_DEFAULTS
+    from dgmood.backbones.diffusion import ODE_DEFAULTS
     from dgmood.lid.flipd import flipd_curve
     from dgmood.backbones.diffusion import rademacher
     from sklearn.metrics import roc_auc_score

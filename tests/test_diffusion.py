@@ -275,3 +275,12 @@ def test_normal_bundle_singular_values_match_their_expectation_and_count_the_sub
     small = NormalBundleLID(t0=t0, n_draws=24, chunk_size=5)  # chunks padded: K need not divide
     out = small.raw(model, y0, [torch.Generator().manual_seed(0)])["sv"]
     assert out.shape == (3, 6)
+
+
+def test_ode_defaults_are_log_probs_keyword_defaults():
+    import inspect
+
+    from dgmood.backbones.diffusion import ODE_DEFAULTS
+
+    sig = inspect.signature(ScoreDiffusion.log_prob).parameters
+    assert {k: sig[k].default for k in ODE_DEFAULTS} == ODE_DEFAULTS

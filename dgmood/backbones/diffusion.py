@@ -30,10 +30,12 @@ from torch import nn
 from .diffusion_nets import ScoreMLP, ScoreUNet
 from .flows import dequantize
 
-__all__ = ["VPSDE", "ScoreDiffusion", "value_and_trace", "rademacher", "time_grid", "SOLVERS", "TRACES"]
+__all__ = ["VPSDE", "ScoreDiffusion", "value_and_trace", "rademacher", "time_grid", "SOLVERS", "TRACES", "ODE_DEFAULTS"]
 
 SOLVERS = ("heun", "euler", "rk45")
 TRACES = ("hutchinson", "exact")
+#: The probability-flow ODE settings of :meth:`ScoreDiffusion.log_prob` (its keyword defaults).
+ODE_DEFAULTS = {"t_eps": 0.01, "solver": "heun", "steps": 25, "trace": "hutchinson", "n_probes": 4}
 
 
 class VPSDE:

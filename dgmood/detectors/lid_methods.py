@@ -12,6 +12,7 @@ import warnings
 import numpy as np
 import torch
 
+from ..backbones.diffusion import ODE_DEFAULTS  # noqa: F401 - the settings ode_params may change
 from ..backbones.protocols import ScoreModel, missing_members
 from ..lid.flipd import T0_GRID, FLIPDLID
 from ..lid.jacobian import JacobianLID
@@ -46,9 +47,7 @@ LID_METHODS = {"exact": _jacobian("exact"), "fast": _jacobian("fast"), "flipd": 
 METHOD_KINDS = {"exact": "flow", "fast": "flow", "flipd": "diffusion", "normal_bundle": "diffusion"}
 #: Default Hutchinson probes per point for ``n_probes="auto"``.
 AUTO_PROBES = {"exact": 1, "fast": 1, "flipd": 8}
-#: The probability-flow ODE settings of a diffusion backbone's ``log_prob``
-#: (:meth:`~dgmood.backbones.diffusion.ScoreDiffusion.log_prob`) that ``ode_params`` may change.
-ODE_DEFAULTS = {"t_eps": 0.01, "solver": "heun", "steps": 25, "trace": "hutchinson", "n_probes": 4}
+
 
 
 
