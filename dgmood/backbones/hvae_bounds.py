@@ -185,7 +185,9 @@ def llr_scores(
     latents differ between the two passes. Shared-draw passes:
     S + m (L - 1) + 1. :math:`\hat{\mathcal L}^{>L}` (every latent at its
     prior mean) draws nothing and is computed once. All are bounds or
-    estimates of bounds: :math:`E\,\hat{\mathcal L} \le \log p(x)`.
+    estimates of bounds: :math:`E\,\hat{\mathcal L} \le \log p(x)`. The ratio
+    :math:`LLR^{>k}`, a difference of two of them, is not a bound on anything: it
+    is a score (large = the high-level features are unfamiliar).
     ``shared_noise``: every draw is shared by the whole batch (see :func:`elbo`),
     so a sample's value does not depend on its batch mates. ``generator`` may
     instead be a list of per-row generators
