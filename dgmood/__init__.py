@@ -1,11 +1,18 @@
 """dgmood: out-of-distribution detection with deep generative models, the scikit-learn way."""
 
-from .detectors import HVAELikelihoodRatioDetector, LIDLikelihoodDetector, LikelihoodDetector, TypicalityDetector
+from .detectors import (
+    HVAELikelihoodRatioDetector,
+    InputComplexityDetector,
+    LIDLikelihoodDetector,
+    LikelihoodDetector,
+    TypicalityDetector,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "HVAELikelihoodRatioDetector",
+    "InputComplexityDetector",
     "LIDLikelihoodDetector",
     "LikelihoodDetector",
     "TypicalityDetector",
