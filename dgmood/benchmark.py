@@ -26,6 +26,7 @@ DETECTORS: dict[str, tuple[str, str, dict]] = {
     "typicality": ("TypicalityDetector", "pretrained:fmnist-flow", {}),
     "lid-flow": ("LIDLikelihoodDetector", "pretrained:fmnist-flow", {}),  # the defaults: fast LID, shipped target
     "hvae-llr": ("HVAELikelihoodRatioDetector", "pretrained:fmnist-hvae", {"k": "auto"}),
+    "input-complexity": ("InputComplexityDetector", "pretrained:fmnist-flow", {}),  # PNG, as Serra et al.
 }
 
 

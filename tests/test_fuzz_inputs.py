@@ -14,7 +14,13 @@ coupling, and the decoder's Jacobian is beyond float32's range.
 import numpy as np
 import pytest
 
-from dgmood import HVAELikelihoodRatioDetector, LIDLikelihoodDetector, LikelihoodDetector, TypicalityDetector
+from dgmood import (
+    HVAELikelihoodRatioDetector,
+    InputComplexityDetector,
+    LIDLikelihoodDetector,
+    LikelihoodDetector,
+    TypicalityDetector,
+)
 from dgmood.pretrained import heldout_images
 
 D = 784
@@ -48,6 +54,7 @@ DETECTORS = {
                                               lid_target="pretrained", batch_size=4, random_state=0),
     "hvae": lambda: HVAELikelihoodRatioDetector("pretrained:fmnist-hvae", n_samples=2, n_skip_samples=2,
                                                 batch_size=16, random_state=0),
+    "input-complexity": lambda: InputComplexityDetector("pretrained:fmnist-flow", batch_size=16, random_state=0),
 }
 
 
