@@ -62,3 +62,13 @@ def test_parameters_clone_and_validation():
     assert clone(det).get_params()["compressor"] == "zlib" and clone(det).batch_size == 16
     with pytest.raises(InvalidParameterError, match="compressor"):
         InputComplexityDetector(compressor="flif").fit(np.zeros((4, 784), dtype=np.uint8))
+
+
+def test_predict_flags_the_contamination_share_of_fresh_id_images():
+    det = InputComplexityDetector("pretrained:fmnist-flow", contamination=0.1, batch_size=100, random_state=0)
+    det.fit(heldout_images("fmnist-flow", 400, random_state=2))
+    X, _ = load_dataset("fashion_mnist", "test", n=600, random_state=4)
+    rate = np.mean(det.predict(X) == -1)
+    # the held-out quantile's binomial error (400 points) and the test sample's (600): 4 standard errors
+    tol = 4 * np.sqrt(0.1 * 0.9 * (1 / 400 + 1 / 600))
+    assert abs(rate - 0.1) < tol, (rate, tol)
