@@ -28,7 +28,7 @@ import zlib
 
 import numpy as np
 
-__all__ = ["CODECS", "available_codecs", "compressed_bits"]
+__all__ = ["CODECS", "available_codecs", "compressed_bits", "require_codec"]
 
 #: Every codec name :func:`compressed_bits` knows.
 CODECS = ("png", "zlib", "jpeg2000", "webp", "ensemble")
@@ -47,12 +47,18 @@ def _zlib(img: np.ndarray) -> int:
     return len(zlib.compress(np.ascontiguousarray(img).tobytes(), 9))
 
 
+def require_codec(name: str) -> None:
+    """An ``ImportError`` naming ``imagecodecs`` when ``name`` needs it and it is not installed."""
+    if name in ("png", "zlib", "ensemble") or name in available_codecs():
+        return
+    raise ImportError(f"codec {name!r} needs the optional package imagecodecs (pip install imagecodecs); "
+                      "'png' and 'zlib' need nothing extra.")
+
+
 def _imagecodecs(name: str):
-    try:
-        import imagecodecs
-    except ImportError as err:
-        raise ImportError(f"codec {name!r} needs the optional package imagecodecs (pip install imagecodecs); "
-                          "'png' and 'zlib' need nothing extra.") from err
+    require_codec(name)
+    import imagecodecs
+
     if name == "jpeg2000":
         return lambda img: len(imagecodecs.jpeg2k_encode(img if img.shape[2] > 1 else img[:, :, 0], level=0))
     return lambda img: len(imagecodecs.webp_encode(img if img.shape[2] > 1 else np.repeat(img, 3, 2),

@@ -22,7 +22,7 @@ import torch
 from sklearn.utils._param_validation import StrOptions
 
 from ..backbones.flows import bits_per_dim
-from ..compression import CODECS, available_codecs, compressed_bits
+from ..compression import CODECS, available_codecs, compressed_bits, require_codec
 from ..metrics import auroc
 from .likelihood import LikelihoodDetector
 
@@ -78,9 +78,7 @@ class InputComplexityDetector(LikelihoodDetector):
         self.compressor = compressor
 
     def _check_settings(self) -> None:
-        if self.compressor not in ("png", "zlib", "ensemble") and self.compressor not in available_codecs():
-            raise ImportError(f"compressor={self.compressor!r} needs the optional package imagecodecs "
-                              "(pip install imagecodecs); 'png' and 'zlib' need nothing extra.")
+        require_codec(self.compressor)
 
     def _fit_backbone(self, X_train):
         """Images only: refused before any training."""

@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import torch
 
-from ..backbones.diffusion import ODE_DEFAULTS  # noqa: F401 - the settings ode_params may change
+from ..backbones.diffusion import ODE_DEFAULTS, ode_settings_problems
 from ..backbones.protocols import ScoreModel, missing_members
 from ..lid.flipd import T0_GRID, FLIPDLID
 from ..lid.jacobian import JacobianLID
@@ -49,27 +49,13 @@ METHOD_KINDS = {"exact": "flow", "fast": "flow", "flipd": "diffusion", "normal_b
 AUTO_PROBES = {"exact": 1, "fast": 1, "flipd": 8}
 
 
-
-
 def check_ode_params(ode_params: dict | None) -> None:
     """A ``ValueError`` for an unknown key or a value ``ScoreDiffusion.log_prob`` would refuse (before training)."""
-    from ..backbones.diffusion import SOLVERS, TRACES
-
     params = dict(ode_params or {})
     unknown = sorted(set(params) - set(ODE_DEFAULTS))
     if unknown:
         raise ValueError(f"ode_params keys {unknown} are unknown; valid: {sorted(ODE_DEFAULTS)}.")
-    p = {**ODE_DEFAULTS, **params}
-    problems = []
-    if p["solver"] not in SOLVERS:
-        problems.append(f"solver must be one of {SOLVERS}, got {p['solver']!r}")
-    if p["trace"] not in TRACES:
-        problems.append(f"trace must be one of {TRACES}, got {p['trace']!r}")
-    if not (isinstance(p["t_eps"], (int, float)) and 0 < p["t_eps"] < 1):
-        problems.append(f"t_eps must lie in (0, 1), got {p['t_eps']!r}")
-    for key in ("steps", "n_probes"):
-        if not (isinstance(p[key], int) and not isinstance(p[key], bool) and p[key] >= 1):
-            problems.append(f"{key} must be an integer >= 1, got {p[key]!r}")
+    problems = ode_settings_problems(**{**ODE_DEFAULTS, **params})
     if problems:
         raise ValueError("ode_params: " + "; ".join(problems) + ".")
 
