@@ -5,6 +5,7 @@ from .detectors import (
     InputComplexityDetector,
     LIDLikelihoodDetector,
     LikelihoodDetector,
+    LikelihoodRatioDetector,
     TypicalityDetector,
 )
 
@@ -15,6 +16,7 @@ __all__ = [
     "InputComplexityDetector",
     "LIDLikelihoodDetector",
     "LikelihoodDetector",
+    "LikelihoodRatioDetector",
     "TypicalityDetector",
     "__version__",
 ]

@@ -180,19 +180,20 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         """Hook: extra training arguments for a user's module (a named family brings its own)."""
         return {}
 
-    def _scoring_module(self) -> tuple[torch.nn.Module, torch.device]:
-        """The fitted backbone on the scoring device (a cached copy off the CPU).
+    def _scoring_module(self, attr: str = "backbone_") -> tuple[torch.nn.Module, torch.device]:
+        """The fitted module ``attr`` (default the backbone) on the scoring device (a cached copy off the CPU).
 
         A detector fitted on a GPU and loaded on a CPU-only machine scores on the CPU.
         """
         device = resolve_device(self.device, fallback=True)
+        module = getattr(self, attr)
         if device.type == "cpu":
-            return self.backbone_, device
-        cache = getattr(self, "_module_cache", None)
-        if cache is None or cache[0] != device or cache[2] is not self.backbone_:
-            cache = (device, copy.deepcopy(self.backbone_).to(device).eval(), self.backbone_)
-            self._module_cache = cache
-        return cache[1], device
+            return module, device
+        cache = self.__dict__.setdefault("_module_cache", {})
+        hit = cache.get(attr)
+        if hit is None or hit[0] != device or hit[2] is not module:
+            hit = cache[attr] = (device, copy.deepcopy(module).to(device).eval(), module)
+        return hit[1], device
 
     # ------------------------------------------------------------- fitting
     @_fit_context(prefer_skip_nested_validation=True)
@@ -416,8 +417,9 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
         state = dict(state)
         state.pop("_module_cache", None)
-        if isinstance(state.get("backbone_"), torch.nn.Module):
-            state["backbone_"] = state["backbone_"].cpu()
+        for key, value in state.items():
+            if key.endswith("_") and isinstance(value, torch.nn.Module):
+                state[key] = value.cpu()
         return state
 
     def __sklearn_tags__(self):

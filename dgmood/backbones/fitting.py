@@ -18,7 +18,8 @@ import torch
 
 from .training import train_module
 
-__all__ = ["BackboneKind", "BACKBONES", "FittedBackbone", "check_backbone_name", "fit_backbone", "train_state"]
+__all__ = ["BackboneKind", "BACKBONES", "FittedBackbone", "check_backbone_name", "fit_backbone", "fit_mutated_backbone",
+           "train_state"]
 
 
 def _flow_spec(input_shape, params):
@@ -202,3 +203,54 @@ def fit_backbone(
     module = build(**kwargs)
     module.load_state_dict(state)
     return FittedBackbone(module.eval(), history)
+
+
+def _mutated(build, kwargs: dict, rate: float, kind: str) -> torch.nn.Module:
+    """``MutatedInput(build(**kwargs), rate, kind)``: module-level, so that ``joblib.Memory`` keys on it."""
+    from .mutation import MutatedInput
+
+    return MutatedInput(build(**kwargs), rate, kind)
+
+
+def fit_mutated_backbone(
+    backbone: str | torch.nn.Module,
+    X_train: np.ndarray,
+    *,
+    rate: float,
+    input_shape: tuple[int, ...],
+    params: dict | None,
+    train_kwargs: dict,
+    memory=None,
+) -> FittedBackbone:
+    """Train a fresh copy of ``backbone`` on ``X_train`` with its inputs mutated at ``rate``.
+
+    The background model of Ren et al.'s likelihood ratio: the module is wrapped in
+    :class:`~dgmood.backbones.mutation.MutatedInput` (fresh mutations per batch,
+    training mode only) and trained by :func:`~dgmood.backbones.training.train_module`
+    with ``train_kwargs``; the returned module is the unwrapped one, scored on clean inputs.
+
+    Parameters
+    ----------
+    backbone : a family name of :data:`BACKBONES` (built with ``params``; cached by
+        ``memory`` like :func:`fit_backbone`) or an untrained module (deep-copied, never moved).
+    rate : share of entries mutated, in (0, 1): 8-bit pixels when ``input_shape`` is (C, H, W)
+        (:func:`~dgmood.backbones.mutation.mutate_pixels`), else features of rows
+        (:func:`~dgmood.backbones.mutation.mutate_rows`).
+    """
+    kind = "pixels" if len(input_shape) == 3 else "rows"
+    if isinstance(backbone, torch.nn.Module):
+        from .mutation import MutatedInput
+
+        with torch.random.fork_rng(devices=[]):
+            wrapped, history = train_module(MutatedInput(copy.deepcopy(backbone).cpu(), rate, kind), X_train,
+                                            **train_kwargs)
+        return FittedBackbone(wrapped.module.cpu().eval(), history)
+    family = BACKBONES[backbone]
+    params = dict(params or {})
+    build, kwargs = family.spec(tuple(input_shape), params)
+    builder = (_mutated, dict(build=build, kwargs=kwargs, rate=float(rate), kind=kind))
+    state, history = _memory(memory).cache(train_state)(builder, X_train,
+                                                        {**train_kwargs, **family.train_kwargs(params)})
+    module = _mutated(build, kwargs, rate, kind)
+    module.load_state_dict(state)
+    return FittedBackbone(module.module.eval(), history)

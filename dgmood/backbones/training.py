@@ -188,6 +188,7 @@ def train_module(
     schedules: dict[str, Callable[[float], float]] | None = None,
     clip_grad_norm: float | None = 100.0,
     ema_decay: float | None = None,
+    weight_decay: float = 0.0,
     verbose: int = 0,
     random_state: int = 0,
 ) -> tuple[torch.nn.Module, list[dict]]:
@@ -208,6 +209,8 @@ def train_module(
         (see :class:`ProgressSchedule`).
     ema_decay : if set, the returned module holds the exponential moving average of the
         parameters with this decay per step (:class:`WeightAverage`).
+    weight_decay : L2 penalty of Adam (``torch.optim.Adam(weight_decay=...)``: ``weight_decay * w``
+        added to each gradient); 0 (default) none.
     verbose : 0 silent; 1 a progress bar per epoch and the epoch table.
 
     Returns
@@ -248,6 +251,7 @@ def train_module(
         lr=lr,
         batch_size=batch_size,
         optimizer=torch.optim.Adam,
+        optimizer__weight_decay=float(weight_decay),
         iterator_train__shuffle=True,
         train_split=ValidSplit(validation_fraction, stratified=False, random_state=random_state)
         if use_valid

@@ -4,5 +4,7 @@ from .hvae_llr import HVAELikelihoodRatioDetector
 from .input_complexity import InputComplexityDetector
 from .likelihood import LikelihoodDetector, TypicalityDetector
 from .lid_likelihood import LIDLikelihoodDetector
+from .likelihood_ratio import LikelihoodRatioDetector
 
-__all__ = ["HVAELikelihoodRatioDetector", "InputComplexityDetector", "LIDLikelihoodDetector", "LikelihoodDetector", "TypicalityDetector"]
+__all__ = ["HVAELikelihoodRatioDetector", "InputComplexityDetector", "LIDLikelihoodDetector", "LikelihoodDetector",
+           "LikelihoodRatioDetector", "TypicalityDetector"]
