@@ -1,9 +1,13 @@
-"""Command line: ``dgmood demo | benchmark | score | train``.
+"""Command line: ``dgmood demo | benchmark | report | score | train``.
 
 * ``dgmood demo``: shipped weights, FashionMNIST test vs MNIST test, a metrics
   table with bootstrap intervals and PNG figures.
 * ``dgmood benchmark --detector NAME --id fashion_mnist --ood mnist --n N --json``:
-  one JSON object on stdout, also written under ``benchmarks/results/``.
+  one JSON object on stdout, also written under ``benchmarks/results/`` with the per-sample scores
+  (``scores/<detector>_<id>_vs_<ood>.npz``); ``--all`` runs every registered detector;
+  ``--id-path id.npz --ood-path ood.npz --input-shape C H W`` runs on your own images.
+* ``dgmood report``: ``table.md``, ``table.json`` and the ROC figure from the stored results
+  (:func:`dgmood.report.write_report`), without rerunning anything.
 * ``dgmood score MODEL.joblib --input X.npy --out scores.npy``: stream a
   memory-mapped file through a fitted detector (:func:`dgmood.scoring.score_file`);
 * ``dgmood train {flow,hvae} --data X.npz|DIR --out DIR``: train a backbone on your own images
@@ -19,18 +23,18 @@ import sys
 import time
 from pathlib import Path
 
-from .benchmark import DETECTORS, make_detector, run_benchmark
+from .benchmark import ALL_N, DETECTORS, load_user_data, make_detector, run_benchmark, save_scores
 
 __all__ = ["main", "run_benchmark"]
 
 
 def _table(rows: list[dict]) -> str:
-    head = f"{'detector':<14}{'n_id+n_ood':>12}{'AUROC':>8}{'95% CI':>17}{'AUPRC':>8}{'FPR95':>8}{'sec':>7}"
+    head = f"{'detector':<18}{'n_id+n_ood':>12}{'AUROC':>8}{'95% CI':>17}{'AUPRC':>8}{'FPR95':>8}{'sec':>7}"
     lines = [head, "-" * len(head)]
     for r in rows:
         ci = f"[{r['auroc_ci'][0]:.3f}, {r['auroc_ci'][1]:.3f}]"
         lines.append(
-            f"{r['detector']:<14}{r['n_id']:>6}+{r['n_ood']:<5}{r['auroc']:>8.3f}{ci:>17}"
+            f"{r['detector']:<18}{r['n_id']:>6}+{r['n_ood']:<5}{r['auroc']:>8.3f}{ci:>17}"
             f"{r['auprc']:>8.3f}{r['fpr95']:>8.3f}{r['seconds']:>7.0f}"
         )
     return "\n".join(lines)
@@ -103,21 +107,55 @@ def _parse_params(items: list[str]) -> dict:
 
 
 def _benchmark(args) -> int:
-    result, _ = run_benchmark(
-        args.detector, args.id, args.ood, n=args.n, n_cal=args.n_cal, device=args.device,
-        random_state=args.random_state, n_boot=args.n_boot, verbose=args.verbose,
-        params=_parse_params(args.param),
-    )
-    result["command"] = "dgmood benchmark " + " ".join(args.argv)
+    if args.all and args.detector is not None:
+        raise SystemExit("dgmood benchmark: give --detector NAME or --all, not both.")
+    if (args.id_path is None) != (args.ood_path is None):
+        raise SystemExit("dgmood benchmark: --id-path and --ood-path go together (ID train/test and OOD test).")
+    data = None
+    if args.id_path is not None:
+        try:
+            data = load_user_data(args.id_path, args.ood_path, args.input_shape)
+        except (ValueError, OSError) as err:
+            raise SystemExit(f"dgmood benchmark: {err}") from None
+        args.id, args.ood = Path(args.id_path).stem, Path(args.ood_path).stem
+    names = sorted(DETECTORS) if args.all else [args.detector or "likelihood"]
     out = Path(args.results_dir)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{args.detector}_{args.id}_vs_{args.ood}_n{args.n}.json"
-    path.write_text(json.dumps(result, indent=1) + "\n")
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(_table([result]))
-        print(f"wrote {path}", file=sys.stderr)
+    rows = []
+    for name in names:
+        n, n_cal = (min(args.n, ALL_N.get(name, args.n)), min(args.n_cal, ALL_N.get(name, args.n_cal))) \
+            if args.all else (args.n, args.n_cal)
+        if args.all:
+            print(f"{name}: {n} + {n} test images, {n_cal} calibration", file=sys.stderr, flush=True)
+        result, raw = run_benchmark(
+            name, args.id, args.ood, n=n, n_cal=n_cal, device=args.device,
+            random_state=args.random_state, n_boot=args.n_boot, verbose=args.verbose,
+            params=_parse_params(args.param), data=data,
+        )
+        result["command"] = "dgmood benchmark " + " ".join(args.argv)
+        path = out / f"{name}_{args.id}_vs_{args.ood}_n{n}.json"
+        path.write_text(json.dumps(result, indent=1) + "\n")
+        scores = save_scores(raw, out / "scores" / f"{name}_{args.id}_vs_{args.ood}.npz")
+        rows.append(result)
+        if args.json:
+            print(json.dumps(result), flush=True)
+        print(f"wrote {path} and {scores}", file=sys.stderr)
+    if not args.json:
+        print(_table(rows))
+    return 0
+
+
+def _report(args) -> int:
+    from .report import write_report
+
+    t0 = time.time()
+    try:
+        written = write_report(args.results_dir, args.published, docs_table=args.docs_table)
+    except FileNotFoundError as err:
+        raise SystemExit(f"dgmood report: {err}") from None
+    for path in written.values():
+        print(f"wrote {path}")
+    print(f"dgmood report: {time.time() - t0:.1f} s", file=sys.stderr)
     return 0
 
 
@@ -192,8 +230,14 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--out", default="demo_output")
     demo.add_argument("--device", default="auto")
     demo.add_argument("--n-boot", type=int, default=1000)
-    bench = sub.add_parser("benchmark", help="one detector, one JSON result")
-    bench.add_argument("--detector", default="likelihood", choices=sorted(DETECTORS))
+    bench = sub.add_parser("benchmark", help="one detector (or --all), a JSON result and scores each")
+    bench.add_argument("--detector", default=None, choices=sorted(DETECTORS), help="default: likelihood")
+    bench.add_argument("--all", action="store_true",
+                       help=f"every registered detector; the slow ones at fewer images ({ALL_N})")
+    bench.add_argument("--id-path", default=None, help="your ID images: .npz with uint8 arrays 'train' and 'test'")
+    bench.add_argument("--ood-path", default=None, help="your OOD images: .npz with a uint8 array 'test'")
+    bench.add_argument("--input-shape", type=int, nargs=3, metavar=("C", "H", "W"), default=None,
+                       help="shape of one image of --id-path / --ood-path")
     bench.add_argument("--id", default="fashion_mnist")
     bench.add_argument("--ood", default="mnist")
     bench.add_argument("--n", type=int, default=2000)
@@ -206,6 +250,12 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                        help="detector parameter, e.g. --param lid_method=exact (repeatable)")
     bench.add_argument("--verbose", type=int, default=0, help="1: progress bars")
+    report = sub.add_parser("report", help="table.md, table.json and ROC figures from stored benchmark results")
+    report.add_argument("--results-dir", default="benchmarks/results")
+    report.add_argument("--published", default="benchmarks/published.json",
+                        help="published figures with their sources (JSON)")
+    report.add_argument("--docs-table", default=None,
+                        help="also write the reStructuredText table here (docs/results_table.rst)")
     score = sub.add_parser("score", help="score a .npy file with a fitted detector saved by joblib")
     score.add_argument("model", help="a fitted detector, joblib.dump(detector, 'model.joblib')")
     score.add_argument("--input", required=True, help=".npy of shape (n, n_features); memory-mapped")
@@ -218,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("rest", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     args.argv = argv[1:]
-    return {"demo": _demo, "benchmark": _benchmark, "score": _score, "train": _train}[args.command](args)
+    commands = {"demo": _demo, "benchmark": _benchmark, "report": _report, "score": _score, "train": _train}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":
