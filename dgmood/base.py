@@ -110,6 +110,11 @@ class BaseDetector(OutlierMixin, BaseEstimator):
     # ------------------------------------------------------------------ input
     def _validate_X(self, X, reset: bool) -> np.ndarray:
         """Validated float32 array in the backbone's input range (2-D, finite)."""
+        import scipy.sparse
+
+        if scipy.sparse.issparse(X):
+            raise ValueError(f"X is a sparse {type(X).__name__}; dgmood detectors need a dense array "
+                             "(X.toarray()): a deep backbone scores every pixel or feature.")
         shape = image_shape(self.backbone, self.input_shape) if reset else self.input_shape_
         X = flatten_images(X, shape)
         X = validate_data(

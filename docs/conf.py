@@ -54,7 +54,7 @@ if HAS_GALLERY:
     extensions.append("sphinx_gallery.gen_gallery")
 
 templates_path: list[str] = []
-exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "results_table.rst"]  # included by results.rst
+exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "results_table.rst"]  # included by benchmarks.rst
 if not HAS_GALLERY:
     exclude_patterns.append("auto_examples")
 

@@ -2,7 +2,7 @@
 
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from dgmood import LikelihoodDetector, TypicalityDetector
+from dgmood import LikelihoodDetector, LikelihoodRatioDetector, TypicalityDetector
 
 from .conftest import tiny_flow_params
 
@@ -29,6 +29,8 @@ def expected_failed_checks(estimator):
 ESTIMATORS = [
     LikelihoodDetector(backbone_params=tiny_flow_params(), max_epochs=2, batch_size=64, random_state=0),
     TypicalityDetector(backbone_params=tiny_flow_params(), max_epochs=2, batch_size=64, random_state=0),
+    # the background trains on rows whose features are resampled from other rows (mutate_rows)
+    LikelihoodRatioDetector(backbone_params=tiny_flow_params(), max_epochs=2, batch_size=64, random_state=0),
 ]
 
 

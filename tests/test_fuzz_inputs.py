@@ -19,6 +19,7 @@ from dgmood import (
     InputComplexityDetector,
     LIDLikelihoodDetector,
     LikelihoodDetector,
+    LikelihoodRatioDetector,
     TypicalityDetector,
 )
 from dgmood.pretrained import heldout_images
@@ -55,6 +56,7 @@ DETECTORS = {
     "hvae": lambda: HVAELikelihoodRatioDetector("pretrained:fmnist-hvae", n_samples=2, n_skip_samples=2,
                                                 batch_size=16, random_state=0),
     "input-complexity": lambda: InputComplexityDetector("pretrained:fmnist-flow", batch_size=16, random_state=0),
+    "likelihood-ratio": lambda: LikelihoodRatioDetector("pretrained:fmnist-flow", batch_size=16, random_state=0),
 }
 
 

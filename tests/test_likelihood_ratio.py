@@ -161,3 +161,34 @@ def test_joblib_round_trip_scores_the_same(tmp_path):
     back = joblib.load(tmp_path / "det.joblib")
     np.testing.assert_array_equal(back.score_samples(X), det.score_samples(X))
     np.testing.assert_array_equal(back.predict(X), det.predict(X))
+
+
+@pytest.fixture(scope="module")
+def shipped_pair():
+    return LikelihoodRatioDetector("pretrained:fmnist-flow", background="pretrained:fmnist-flow", batch_size=8,
+                                   random_state=0).fit(heldout_images("fmnist-flow", 8, random_state=0))
+
+
+@pytest.mark.parametrize("make_bad, match", [
+    (lambda: np.full((2, 784), np.nan), "NaN"),
+    (lambda: np.full((2, 784), np.inf), "infinity"),
+    (lambda: np.zeros((2, 783), np.uint8), "783 features"),
+    (lambda: np.full((2, 784), 256.0), "8-bit pixels"),
+    (lambda: np.full((2, 784), 3.5), "fractions"),
+    (lambda: np.zeros((0, 784), np.uint8), "0 sample"),
+    (lambda: np.full((2, 784), "a"), "numeric"),
+    (lambda: __import__("scipy.sparse").sparse.csr_matrix(np.ones((2, 784))), "[Ss]parse"),
+])
+def test_foundation_bad_inputs_are_value_errors(shipped_pair, make_bad, match):
+    with pytest.raises(ValueError, match=match):
+        shipped_pair.score_samples(make_bad())
+
+
+def test_one_sample_fit_and_unfitted_use_are_refused():
+    from sklearn.exceptions import NotFittedError
+
+    det = LikelihoodRatioDetector("pretrained:fmnist-flow", background="pretrained:fmnist-flow")
+    with pytest.raises(NotFittedError):
+        det.score_samples(np.zeros((2, 784), np.uint8))
+    with pytest.raises(ValueError, match="minimum of 2"):
+        det.fit(np.zeros((1, 784), np.uint8))
