@@ -55,10 +55,10 @@ def _demo(args) -> int:
     print("dgmood demo: FashionMNIST (in-distribution) vs MNIST (OOD) test images, shipped weights")
     print("AUROC with OOD as the positive class: 1 = perfect, 0.5 = chance, < 0.5 = OOD looks *more* in-distribution")
     for name in args.detectors:
-        n, n_cal = {"lid-flow": (args.n_lid, args.n_cal_lid), "hvae-llr": (args.n_hvae, args.n_hvae)}.get(
-            name, (args.n, args.n_cal))
+        n, n_cal = {"lid-flow": (args.n_lid, args.n_cal_lid), "lid-diffusion": (args.n_lid, args.n_cal_lid),
+                    "hvae-llr": (args.n_hvae, args.n_hvae)}.get(name, (args.n, args.n_cal))
         # a few hundred fit images cannot give local PCA its 1000 neighbours: use the shipped target
-        params = {"lid_target": "pretrained"} if name == "lid-flow" else {}
+        params = {"lid_target": "pretrained"} if name.startswith("lid-") else {}
         # scoring batches have a fixed shape (the last one padded): split n into equal batches instead
         params["batch_size"] = _even_batch_size(n, make_detector(name).batch_size)
         result, raw = run_benchmark(name, n=n, n_cal=n_cal, device=args.device, n_boot=args.n_boot, params=params)
@@ -74,17 +74,19 @@ def _demo(args) -> int:
             path = plot_llr_per_k(raw["id"], raw["ood"], out / "hvae_llr_per_k.png",
                                   labels=("FashionMNIST test (ID)", "MNIST test (OOD)"))
             print(f"wrote {path}")
-        if name == "lid-flow":
+        if name.startswith("lid-"):
             det = raw["detector"]
             if det.rule == "min-cdf":
                 psi = det.rule_.component_thresholds(det.offset_)
                 drawn = dict(thresholds=(psi[0], psi[1]))
             else:
                 drawn = dict(boundary=(det.rule_.score, det.offset_))
+            scale = f"t0 = {det.t0_:.3g}" if det.lid_method_ == "flipd" else f"log tau = {det.log_tau_:.2f}"
             path = plot_likelihood_vs_lid(
-                raw["id"], raw["ood"], out / "likelihood_vs_lid.png", **drawn,
+                raw["id"], raw["ood"], out / ("likelihood_vs_lid.png" if name == "lid-flow"
+                                              else f"likelihood_vs_lid_{name.split('-', 1)[1]}.png"), **drawn,
                 labels=("FashionMNIST test (ID)", "MNIST test (OOD)"),
-                title=f"log tau = {det.log_tau_:.2f}: dual rule AUROC {result['auroc']:.3f}",
+                title=f"{name}, {scale}: dual rule AUROC {result['auroc']:.3f}",
             )
             print(f"wrote {path}")
     print(_table(rows))
@@ -222,8 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     # sized to finish in under 5 minutes on 2 slow cores; `dgmood benchmark` runs the full-size rows
     demo.add_argument("--n", type=int, default=500, help="test images per set")
     demo.add_argument("--n-cal", type=int, default=500, help="held-out training images to calibrate on")
-    demo.add_argument("--n-lid", type=int, default=64, help="test images per set for lid-flow")
-    demo.add_argument("--n-cal-lid", type=int, default=64, help="held-out images calibrating lid-flow's tau")
+    demo.add_argument("--n-lid", type=int, default=64, help="test images per set for lid-flow and lid-diffusion")
+    demo.add_argument("--n-cal-lid", type=int, default=64,
+                      help="held-out images calibrating lid-flow's tau and lid-diffusion's t0")
     demo.add_argument("--n-hvae", type=int, default=120, help="test (and calibration) images per set for hvae-llr")
     demo.add_argument("--detectors", nargs="+", default=["likelihood", "typicality", "lid-flow", "hvae-llr"],
                       choices=sorted(DETECTORS))

@@ -77,7 +77,7 @@ def evaluate_flow(module, X_id, X_ood, device, shape, batch_size=500):
     return out
 
 
-def evaluate_diffusion(module, X_id, X_ood, device, shape, n_bpd=500, batch_size=250):
+def evaluate_diffusion(module, X_id, X_ood, device, shape, n_bpd=500, batch_size=100):
     """Test bits/dim by RK45 from t_eps = 1e-5 (one Hutchinson probe, as score_sde) on ``n_bpd`` images,
     and on every evaluation image at the detector's ODE defaults: mean bits/dim, likelihood AUROC and
     mean FLIPD at a few t0 (the LID scale calibration picks from)."""
@@ -96,6 +96,9 @@ def evaluate_diffusion(module, X_id, X_ood, device, shape, n_bpd=500, batch_size
             lp = torch.cat([module.log_prob(xb, g, solver="rk45", t_eps=1e-5, n_probes=1).double().cpu()
                             for xb in _batches(X[:n_bpd], batch_size, device, shape)])
         out[f"{name}_bits_per_dim_rk45_teps1e-5"] = float(bits_per_dim(lp, module.n_dims).mean())
+        out[f"{name}_bits_per_dim_rk45_n"] = int(len(lp))
+        print(f"{name}: rk45 bits/dim {out[f'{name}_bits_per_dim_rk45_teps1e-5']:.3f} on {len(lp)} images",
+              flush=True)
         lp, lid = [], []
         for xb in _batches(X, batch_size, device, shape):
             with torch.no_grad():
@@ -175,6 +178,10 @@ def main(argv=None):
     p.add_argument("--max-epochs", type=int, default=None)
     p.add_argument("--n-train", type=int, default=None, help="first N training images (smoke runs)")
     p.add_argument("--eval-n", type=int, default=2000, help="test images of each set for evaluation")
+    p.add_argument("--bpd-n", type=int, default=500,
+                   help="diffusion: test images of each set for the RK45 bits/dim (t_eps = 1e-5)")
+    p.add_argument("--eval-only", action="store_true",
+                   help="skip training: evaluate <out>/<name>.pt and update the metrics in <out>/<name>.json")
     p.add_argument("--iwae-samples", type=int, default=250)
     p.add_argument("--heldout", type=int, default=5000, help="training images never shown to the backbone")
     p.add_argument("--checkpoint-dir", default=None)
@@ -193,6 +200,8 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     spec = REGISTRY[args.name]
+    if args.eval_only:
+        return _evaluate_only(args, spec)
     device = resolve_device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -272,6 +281,27 @@ def main(argv=None):
     meta_path = out / f"{args.name}.json"
     meta_path.write_text(json.dumps(meta, indent=1) + "\n")
     print(f"trained {len(history)} epochs in {train_s:.0f} s", flush=True)
+    _evaluate(args, spec, module, device, meta, meta_path, rate)
+    print(f"wrote {weights} ({weights.stat().st_size / 1e6:.1f} MB)", flush=True)
+
+
+def _evaluate_only(args, spec) -> None:
+    """Evaluate weights already written to ``--out`` (e.g. after a run whose evaluation was stopped)."""
+    out = Path(args.out)
+    weights, meta_path = out / f"{args.name}.pt", out / f"{args.name}.json"
+    meta = json.loads(meta_path.read_text())
+    if meta.get("sha256") != sha256(weights):
+        raise SystemExit(f"{weights} does not match the checksum in {meta_path}")
+    device = resolve_device(args.device)
+    module = build_module(args.name, **{k: tuple(v) if isinstance(v, list) else v
+                                        for k, v in meta["architecture"].items()})
+    module.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    module = module.to(device).eval()
+    meta["eval_command"] = "python scripts/train_pretrained.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    _evaluate(args, spec, module, device, meta, meta_path, meta.get("mutation_rate"))
+
+
+def _evaluate(args, spec, module, device, meta, meta_path, rate) -> None:
     X_id = load_fashion_mnist("test")[0][: args.eval_n]
     X_ood = load_mnist("test")[0][: args.eval_n]
     t1 = time.time()
@@ -285,7 +315,7 @@ def main(argv=None):
             mutated = evaluate_flow(module, X_mut, X_ood, device, spec.input_shape)
             metrics["fashion_mnist_test_mutated_bits_per_dim"] = mutated["fashion_mnist_test_bits_per_dim"]
     elif spec.kind == "diffusion":
-        metrics = evaluate_diffusion(module, X_id, X_ood, device, spec.input_shape)
+        metrics = evaluate_diffusion(module, X_id, X_ood, device, spec.input_shape, n_bpd=args.bpd_n)
         if args.samples_png:
             save_samples(module, Path(args.samples_png))
             meta["samples_png"] = args.samples_png
@@ -295,7 +325,6 @@ def main(argv=None):
     meta["eval_seconds"] = round(time.time() - t1, 1)
     meta["test_metrics"] = metrics
     meta_path.write_text(json.dumps(meta, indent=1) + "\n")
-    print(f"wrote {weights} ({weights.stat().st_size / 1e6:.1f} MB)", flush=True)
 
 
 if __name__ == "__main__":

@@ -77,7 +77,7 @@ def test_auto_background_trains_a_copy_of_the_backbone_on_mutated_data_and_memor
               batch_size=32, random_state=0, memory=str(tmp_path))
     det = LikelihoodRatioDetector(**kw).fit(X)
     assert len(det.history_) == 1 and len(det.background_history_) == 1
-    assert type(det.background_) is type(det.backbone_)
+    assert type(det.background_) is type(det.backbone_) and det.background_source_ == "flow"
     b, g = det.backbone_.state_dict(), det.background_.state_dict()
     assert b.keys() == g.keys() and any(not torch.equal(b[k], g[k]) for k in b)
     scores = det.score_samples(X[:20])
@@ -146,6 +146,8 @@ def test_auto_background_needs_a_shipped_pair_or_training_data(tmp_path):
     X = np.random.default_rng(0).normal(size=(20, 3))
     with pytest.raises(ValueError, match="nothing to train it on"):
         LikelihoodRatioDetector(Gaussian(m1, c1), max_epochs=0).fit(X)
+    with pytest.raises(ValueError, match="background='flow' is trained on the fit data, but this detector trains"):
+        LikelihoodRatioDetector("pretrained:fmnist-flow", background="flow").fit(np.zeros((4, 784), np.uint8))
     arch = dict(input_shape=(1, 8, 8), n_levels=1, steps_per_level=1, hidden=4)
     path = save_backbone(ImageFlow(**arch), tmp_path / "mine.pt", kind="flow", architecture=arch)
     with pytest.raises(ValueError, match="mine.pt-background', which does not exist"):

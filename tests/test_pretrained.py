@@ -23,6 +23,27 @@ def test_shipped_weights_load_with_their_checksum(name):
     assert not module.training
 
 
+def test_shipped_fashion_mnist_backbones_hold_out_the_same_images():
+    """Every detector calibrates on images none of the shipped backbones saw, whichever it uses."""
+    ref = REGISTRY["fmnist-flow"].metadata()["heldout_train_indices"]
+    shipped = [name for name, spec in REGISTRY.items() if spec.path is None and spec.dataset == "fashion_mnist"]
+    assert {"fmnist-flow", "fmnist-flow-background", "fmnist-hvae", "fmnist-diffusion"} <= set(shipped)
+    for name in shipped:
+        assert REGISTRY[name].metadata()["heldout_train_indices"] == ref, name
+
+
+def test_the_background_flow_was_trained_on_mutated_images_at_its_registered_rate():
+    spec = REGISTRY["fmnist-flow-background"]
+    meta = spec.metadata()
+    assert meta["mutation_rate"] == spec.train["mutation_rate"] == 0.3
+    assert meta["architecture"] == {k: list(v) if isinstance(v, tuple) else v
+                                    for k, v in REGISTRY["fmnist-flow"].kwargs.items()}
+    metrics = meta["test_metrics"]
+    # it spent capacity on the mutations: clean test images cost it more bits than the clean-data flow
+    clean = REGISTRY["fmnist-flow"].metadata()["test_metrics"]["fashion_mnist_test_bits_per_dim"]
+    assert metrics["fashion_mnist_test_bits_per_dim"] > clean
+
+
 def test_corrupt_weights_are_refused(tmp_path, monkeypatch):
     spec = REGISTRY["fmnist-hvae"]
     shutil.copy(spec.metadata_path, tmp_path / spec.metadata_path.name)

@@ -67,6 +67,8 @@ class LikelihoodRatioDetector(LikelihoodDetector):
     ----------
     background_ : the fitted background module (CPU)
     background_history_ : list of dict (empty when nothing was trained)
+    background_source_ : str
+        What ``background`` resolved to: "pretrained:<name>", a family name, or the module's class name.
     Others as :class:`~dgmood.LikelihoodDetector`.
     """
 
@@ -109,6 +111,12 @@ class LikelihoodRatioDetector(LikelihoodDetector):
     def _background_choice(self):
         """What ``background`` resolves to: "pretrained:<name>", a family name, or a module to train."""
         background, backbone = as_registered(self.background), as_registered(self.backbone)
+        if isinstance(background, str) and background in BACKBONES and not self._trains_backbone():
+            raise ValueError(
+                f"background={background!r} is trained on the fit data, but this detector trains nothing (a "
+                "shipped backbone, or max_epochs=0): pass background= a shipped or stored background "
+                "('pretrained:<name>') or a trained module."
+            )
         if not (isinstance(background, str) and background == "auto"):
             return background
         if isinstance(backbone, str) and backbone.startswith("pretrained:"):
@@ -152,6 +160,7 @@ class LikelihoodRatioDetector(LikelihoodDetector):
                                   train_kwargs=kwargs, names=(), pretrained_kinds=self._pretrained_kinds,
                                   who=who)
         self.background_, self.background_history_ = fitted.module, fitted.history
+        self.background_source_ = choice if isinstance(choice, str) else type(choice).__name__
         check_backbone(self.background_, DensityModel, who)
         shapes = (tuple(getattr(self.backbone_, "input_shape", ())), tuple(self.background_.input_shape))
         if shapes[0] != shapes[1] or shapes[1] != tuple(self.input_shape_):
@@ -176,14 +185,13 @@ class LikelihoodRatioDetector(LikelihoodDetector):
 
     def benchmark_fields(self, components_id, components_ood):
         """AUROC of each model's :math:`\\log p` alone, the mutation rate and the background's source."""
-        background = as_registered(self.background)
         return {
             "likelihood_auroc": auroc(components_id["log_prob"], components_ood["log_prob"]),
             "background_likelihood_auroc": auroc(components_id["log_prob_background"],
                                                  components_ood["log_prob_background"]),
             "mutation_rate": float(self.mutation_rate),
             "background_weight_decay": float(self.background_weight_decay),
-            "background": background if isinstance(background, str) else type(background).__name__,
+            "background": self.background_source_,
             "mean_log_prob_id": float(np.mean(components_id["log_prob"])),
             "mean_log_prob_background_id": float(np.mean(components_id["log_prob_background"])),
         }
