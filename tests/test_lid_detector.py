@@ -134,7 +134,11 @@ def test_joint_rule_sets_offset_on_leave_one_out_scores(subspace_detectors):
 
 @parametrize_with_checks(
     [LIDLikelihoodDetector(backbone_params={"hidden": 8, "n_layers": 2}, max_epochs=2, lid_target=1.5,
-                           n_calibration=16, random_state=0, lid_method="fast", n_probes=2, n_steps=3, batch_size=7)],
+                           n_calibration=16, random_state=0, lid_method="fast", n_probes=2, n_steps=3, batch_size=7),
+     # a tiny diffusion (ScoreMLP): FLIPD at a fixed t0, a 2-step ODE likelihood
+     LIDLikelihoodDetector("diffusion", backbone_params={"hidden": 8, "n_layers": 1, "t_dim": 4}, max_epochs=2,
+                           t0=0.1, ode_params={"steps": 2, "n_probes": 1}, n_probes=2, random_state=0,
+                           batch_size=7)],
     expected_failed_checks=expected_failed_checks,
 )
 def test_sklearn_compatible(estimator, check):

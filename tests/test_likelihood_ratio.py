@@ -194,3 +194,20 @@ def test_one_sample_fit_and_unfitted_use_are_refused():
         det.score_samples(np.zeros((2, 784), np.uint8))
     with pytest.raises(ValueError, match="minimum of 2"):
         det.fit(np.zeros((1, 784), np.uint8))
+
+
+def test_shipped_pair_undoes_the_paradox_and_predict_flags_the_contamination_share():
+    det = LikelihoodRatioDetector("pretrained:fmnist-flow", contamination=0.1, batch_size=100, random_state=0)
+    det.fit(heldout_images("fmnist-flow", 400, random_state=2))
+    assert det.background_source_ == "pretrained:fmnist-flow-background"
+    X, _ = load_dataset("fashion_mnist", "test", n=600, random_state=4)
+    rate = np.mean(det.predict(X) == -1)
+    # the held-out quantile's binomial error (400 points) and the test sample's (600): 4 standard errors
+    tol = 4 * np.sqrt(0.1 * 0.9 * (1 / 400 + 1 / 600))
+    assert abs(rate - 0.1) < tol, (rate, tol)
+    from dgmood.metrics import auroc
+
+    X_ood, _ = load_dataset("mnist", "test", n=200, random_state=0)
+    id_c, ood_c = det.score_components(X[:200]), det.score_components(X_ood)
+    assert auroc(id_c["log_prob"], ood_c["log_prob"]) < 0.3  # the flow alone: the paradox
+    assert auroc(det.score_from_components(id_c), det.score_from_components(ood_c)) > 0.8
