@@ -36,12 +36,18 @@ def _hvae(**kw):
     return HierarchicalVAE(**kw)
 
 
+def _diffusion(**kw):
+    from .backbones.diffusion import ScoreDiffusion
+
+    return ScoreDiffusion(**kw)
+
+
 @dataclass(frozen=True)
 class PretrainedSpec:
     """What a shipped backbone is: its kind, architecture and the data it saw."""
 
     name: str
-    kind: str  # "flow" | "hvae": which protocol it follows (see dgmood.backbones.protocols)
+    kind: str  # "flow" | "hvae" | "diffusion": which protocol it follows (see dgmood.backbones.protocols)
     builder: Callable[..., torch.nn.Module]
     kwargs: dict[str, Any] = field(default_factory=dict)
     dataset: str = "fashion_mnist"
@@ -71,6 +77,15 @@ REGISTRY: dict[str, PretrainedSpec] = {
         kwargs=dict(input_shape=(1, 28, 28), n_levels=2, steps_per_level=8, hidden=128, alpha=0.05),
         train=dict(lr=1e-3, batch_size=64, max_epochs=40),
     ),
+    # Ren et al.'s background model of fmnist-flow: same architecture and held-out images, trained on
+    # training images with 30 % of their pixels mutated (dgmood.backbones.mutation)
+    "fmnist-flow-background": PretrainedSpec(
+        name="fmnist-flow-background",
+        kind="flow",
+        builder=_image_flow,
+        kwargs=dict(input_shape=(1, 28, 28), n_levels=2, steps_per_level=8, hidden=128, alpha=0.05),
+        train=dict(lr=1e-3, batch_size=64, max_epochs=3, mutation_rate=0.3),
+    ),
     "fmnist-hvae": PretrainedSpec(
         name="fmnist-hvae",
         kind="hvae",
@@ -78,6 +93,13 @@ REGISTRY: dict[str, PretrainedSpec] = {
         kwargs=dict(input_shape=(1, 28, 28), channels=64, free_bits=2.0, inference="top_down",
                     free_bits_per="layer", analytic_kl=True),
         train=dict(lr=3e-4, batch_size=128, max_epochs=60),
+    ),
+    "fmnist-diffusion": PretrainedSpec(
+        name="fmnist-diffusion",
+        kind="diffusion",
+        builder=_diffusion,
+        kwargs=dict(input_shape=(1, 28, 28), channels=32, mults=(1, 2, 2), blocks=1, t_dim=128),
+        train=dict(lr=1e-3, batch_size=128, max_epochs=7, ema_decay=0.995),
     ),
 }
 

@@ -3,7 +3,7 @@
 Usage (what produced the shipped weights is recorded in each weights' JSON)::
 
     python scripts/train_pretrained.py fmnist-flow --out dgmood/weights --time-budget 420
-    python scripts/train_pretrained.py fmnist-flow-background --out dgmood/weights --max-epochs 7 --mutation-rate 0.3
+    python scripts/train_pretrained.py fmnist-flow-background --out dgmood/weights --max-epochs 3 --mutation-rate 0.3
     python scripts/train_pretrained.py fmnist-hvae --out dgmood/weights --time-budget 2700 --free-bits-hold
     python scripts/train_pretrained.py fmnist-diffusion --out dgmood/weights --time-budget 3000 \
         --samples-png docs/_static/fmnist-diffusion-samples.png
