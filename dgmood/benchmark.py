@@ -25,6 +25,7 @@ DETECTORS: dict[str, tuple[str, str, dict]] = {
     "likelihood": ("LikelihoodDetector", "pretrained:fmnist-flow", {}),
     "typicality": ("TypicalityDetector", "pretrained:fmnist-flow", {}),
     "lid-flow": ("LIDLikelihoodDetector", "pretrained:fmnist-flow", {}),  # the defaults: fast LID, shipped target
+    "lid-diffusion": ("LIDLikelihoodDetector", "pretrained:fmnist-diffusion", {}),  # FLIPD, t0 auto, ODE defaults
     "hvae-llr": ("HVAELikelihoodRatioDetector", "pretrained:fmnist-hvae", {"k": "auto"}),
     "input-complexity": ("InputComplexityDetector", "pretrained:fmnist-flow", {}),  # PNG, as Serra et al.
     # background "auto" = the shipped fmnist-flow-background (mutation rate 0.3)

@@ -49,6 +49,9 @@ def test_benchmark_all_writes_a_result_and_scores_per_registered_detector_and_re
 
     # a detector registered only here must appear in the report without edits to the table code
     monkeypatch.setitem(benchmark.DETECTORS, "test-only-likelihood", ("LikelihoodDetector", "pretrained:fmnist-flow", {}))
+    # the diffusion's t0 grid search and 8 probes cost minutes on 2 cores: a fixed t0 and one probe here
+    monkeypatch.setitem(benchmark.DETECTORS, "lid-diffusion",
+                        ("LIDLikelihoodDetector", "pretrained:fmnist-diffusion", {"t0": 0.01, "n_probes": 1}))
     main(["benchmark", "--all", "--n", "12", "--n-cal", "24", "--n-boot", "20", "--json",
           "--results-dir", str(tmp_path), "--param", "batch_size=12"])
     lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]

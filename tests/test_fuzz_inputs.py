@@ -57,6 +57,9 @@ DETECTORS = {
                                                 batch_size=16, random_state=0),
     "input-complexity": lambda: InputComplexityDetector("pretrained:fmnist-flow", batch_size=16, random_state=0),
     "likelihood-ratio": lambda: LikelihoodRatioDetector("pretrained:fmnist-flow", batch_size=16, random_state=0),
+    # saturated and random images through the probability-flow ODE and FLIPD
+    "lid-diffusion": lambda: LIDLikelihoodDetector("pretrained:fmnist-diffusion", t0=0.01, n_probes=1,
+                                                   batch_size=16, random_state=0),
 }
 
 
