@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["load_results", "load_published", "report_rows", "markdown_table", "write_report"]
+__all__ = ["load_results", "load_published", "report_rows", "markdown_table", "rst_table", "write_report"]
 
 COLUMNS = ["detector", "backbone", "ID -> OOD", "n ID + n OOD (calibration)", "AUROC [95 % CI]", "AUPRC",
            "FPR80", "FPR95", "images/s", "published AUROC", "published source", "file"]

@@ -52,6 +52,10 @@ def test_benchmark_all_writes_a_result_and_scores_per_registered_detector_and_re
     # the diffusion's t0 grid search and 8 probes cost minutes on 2 cores: a fixed t0 and one probe here
     monkeypatch.setitem(benchmark.DETECTORS, "lid-diffusion",
                         ("LIDLikelihoodDetector", "pretrained:fmnist-diffusion", {"t0": 0.01, "n_probes": 1}))
+    monkeypatch.setitem(benchmark.DETECTORS, "lid-flow",
+                        ("LIDLikelihoodDetector", "pretrained:fmnist-flow", {"n_steps": 8}))
+    monkeypatch.setitem(benchmark.DETECTORS, "hvae-llr",
+                        ("HVAELikelihoodRatioDetector", "pretrained:fmnist-hvae", {"k": "auto", "n_samples": 2}))
     main(["benchmark", "--all", "--n", "12", "--n-cal", "24", "--n-boot", "20", "--json",
           "--results-dir", str(tmp_path), "--param", "batch_size=12"])
     lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]

@@ -10,7 +10,7 @@ X_IMG = np.zeros((4, 784), np.uint8)
 
 @pytest.mark.parametrize("backbone, match", [
     ("pretrained:fmnist_flow", r"unknown backbone 'pretrained:fmnist_flow' \(did you mean 'pretrained:fmnist-flow'\?\)"),
-    ("glow", r"unknown backbone 'glow'.*valid: \['flow', 'pretrained:fmnist-flow'\]"),
+    ("glow", r"unknown backbone 'glow'.*valid: \['flow', 'pretrained:fmnist-flow', 'pretrained:fmnist-flow-background'\]"),
     ("pretrained:fmnist-hvae", r"needs a backbone of kind \['flow'\]; 'pretrained:fmnist-hvae' is a 'hvae'"),
     (3, r"'backbone' parameter"),
 ])

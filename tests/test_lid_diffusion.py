@@ -135,13 +135,17 @@ def test_a_small_trained_mlp_finds_the_dimension_and_ranks_the_density():
     X = make_manifold("subspace", n_samples=3000, intrinsic_dim=2, ambient_dim=6, noise=0.01, random_state=0)
     det = LIDLikelihoodDetector("diffusion", backbone_params={"hidden": 64, "n_layers": 2}, max_epochs=30,
                                 lr=3e-3, batch_size=128, lid_target=2.0, n_calibration=128,
-                                ode_params={"steps": 20, "n_probes": 4}, random_state=0)
+                                ode_params={"solver": "rk45", "trace": "exact"}, random_state=0)
     det.fit(X[:2600])
     comps = det.score_components(X[2600:2800])
     assert abs(comps["lid"].mean() - 2.0) < 1.0, (det.t0_, comps["lid"].mean())
-    # the data's own density, a Gaussian of rank 2 plus isotropic noise (variance 1e-4): its covariance
-    # estimated from the 2600 training rows
-    true = multivariate_normal(np.zeros(6), np.cov(X[:2600].T)).logpdf(X[2600:2800].astype(np.float32))
+    # the ODE gives the density of the t_eps = 0.01 marginal psi x + sigma e of the data, a Gaussian of rank 2
+    # plus isotropic noise (covariance estimated from the 2600 training rows)
+    from dgmood.backbones.diffusion import VPSDE
+
+    psi, sigma = float(VPSDE().psi(0.01)), float(VPSDE().sigma(0.01))
+    cov = psi**2 * np.cov(X[:2600].T) + sigma**2 * np.eye(6)
+    true = multivariate_normal(np.zeros(6), cov).logpdf(X[2600:2800].astype(np.float32))
     assert spearmanr(comps["log_prob"], true).statistic >= 0.9
 
 
@@ -168,7 +172,7 @@ def test_a_diffusion_of_another_shape_or_without_sigma_score_is_refused(subspace
         def log_prob(self, x, generator=None, shared_noise=False):
             return x.sum(1)
 
-    with pytest.raises(ValueError, match=r"lid_method='flipd'.*ScoreModel.*NoScore lacks: .*sigma_score"):
+    with pytest.raises(ValueError, match=r"lid_method='flipd' needs a diffusion backbone, but backbone=NoScore\(\) is a flow"):
         LIDLikelihoodDetector(NoScore(), max_epochs=0, data_range="real", lid_method="flipd").fit(X_id[:20])
-    with pytest.raises(ValueError, match=r"expects input_shape \(1, 28, 28\), got \(5,\)"):
+    with pytest.raises(ValueError, match=r"input_shape=\(1, 28, 28\) has 784 values but X has 5 features"):
         LIDLikelihoodDetector("pretrained:fmnist-diffusion").fit(X_id[:20])
