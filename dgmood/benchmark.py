@@ -11,7 +11,6 @@ registered in :data:`DETECTORS` is benchmarked without edits here.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -93,12 +92,7 @@ def run_benchmark(
     from .pretrained import REGISTRY, heldout_images
 
     if data is not None:
-        from .backbones.fitting import BACKBONES
-
-        shipped = _pretrained_name(make_detector(detector))
-        family = REGISTRY[shipped].kind
-        if family not in BACKBONES:  # pragma: no cover - every shipped kind is trainable
-            raise ValueError(f"{detector} has no trainable backbone family for user data.")
+        family = REGISTRY[_pretrained_name(make_detector(detector))].kind  # a name in BACKBONES
         user = {"backbone": family, "input_shape": tuple(data["input_shape"]), **(params or {})}
         det = make_detector(detector, device=device, random_state=random_state, verbose=verbose, params=user)
         X_cal = data["train"]

@@ -211,6 +211,6 @@ def test_shipped_pair_moves_away_from_the_paradox_and_predict_flags_the_contamin
     id_c, ood_c = det.score_components(X[:200]), det.score_components(X_ood)
     alone = auroc(id_c["log_prob"], ood_c["log_prob"])
     assert alone < 0.3  # the flow alone: the paradox
-    # the shipped background cancels part of it only (0.455 on 2000 + 2000, benchmarks/results/); it must
-    # at least move the AUROC well away from the likelihood's
+    # the shipped background cancels part of it only (see benchmarks/results/likelihood-ratio_*.json); it
+    # must at least move the AUROC well away from the likelihood's
     assert auroc(det.score_from_components(id_c), det.score_from_components(ood_c)) > alone + 0.2

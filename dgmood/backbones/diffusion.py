@@ -36,10 +36,10 @@ __all__ = ["VPSDE", "ScoreDiffusion", "value_and_trace", "rademacher", "time_gri
 SOLVERS = ("heun", "euler", "rk45")
 TRACES = ("hutchinson", "exact")
 #: The probability-flow ODE settings of :meth:`ScoreDiffusion.log_prob` (its keyword defaults).
-#: Heun on 8 intervals with one probe: on the shipped FashionMNIST model, 0.15 s per image on 2 CPU cores
-#: against 1.97 s for 25 intervals and 4 probes, log p ranked alike (Spearman 0.998) but about 250 nats
-#: off in level, detector AUROC unchanged within its noise (``benchmarks/results/ode_settings.json``).
-#: For bits/dim worth reporting, pass more steps and probes, or ``solver="rk45"``.
+#: Heun on 8 intervals with one probe: a speed trade-off. On the shipped FashionMNIST model it ranks log p
+#: as 25 intervals with 4 probes do, at a fraction of the cost, but its level is biased
+#: (``benchmarks/ode_settings.py`` measures both; its JSON in ``benchmarks/results/``). For bits/dim worth
+#: reporting, pass more steps and probes, or ``solver="rk45"``.
 ODE_DEFAULTS = {"t_eps": 0.01, "solver": "heun", "steps": 8, "trace": "hutchinson", "n_probes": 1}
 
 
