@@ -83,7 +83,7 @@ def evaluate_flow(module, X_id, X_ood, device, shape):
 
 
 def evaluate_diffusion(module, X_id, X_ood, device, shape, n_bpd=500, batch_size=100):
-    """Test bits/dim by RK45 from t_eps = 1e-5 (one Hutchinson probe, as score_sde) on ``n_bpd`` images,
+    """Test bits/dim by RK45 from t_eps = 1e-5 (one Hutchinson probe, as score_sde) on ``n_bpd`` FashionMNIST images,
     and on every evaluation image at the detector's ODE defaults: mean bits/dim, likelihood AUROC and
     mean FLIPD at a few t0 (the LID scale calibration picks from)."""
     from dgmood.backbones.flows import bits_per_dim
@@ -97,20 +97,22 @@ def evaluate_diffusion(module, X_id, X_ood, device, shape, n_bpd=500, batch_size
     lps = {}
     for name, X in (("fashion_mnist_test", X_id), ("mnist_test", X_ood)):
         g = torch.Generator(device=device).manual_seed(0)
-        with torch.no_grad():
-            lp = torch.cat([module.log_prob(xb, g, solver="rk45", t_eps=1e-5, n_probes=1).double().cpu()
-                            for xb in _batches(X[:n_bpd], batch_size, device, shape)])
-        out[f"{name}_bits_per_dim_rk45_teps1e-5"] = float(bits_per_dim(lp, module.n_dims).mean())
-        out[f"{name}_bits_per_dim_rk45_n"] = int(len(lp))
-        print(f"{name}: rk45 bits/dim {out[f'{name}_bits_per_dim_rk45_teps1e-5']:.3f} on {len(lp)} images",
-              flush=True)
+        if name == "fashion_mnist_test":  # RK45 from 1e-5 is stiff, on MNIST far more: the test set's only
+            with torch.no_grad():
+                lp = torch.cat([module.log_prob(xb, g, solver="rk45", t_eps=1e-5, n_probes=1).double().cpu()
+                                for xb in _batches(X[:n_bpd], batch_size, device, shape)])
+            out[f"{name}_bits_per_dim_rk45_teps1e-5"] = float(bits_per_dim(lp, module.n_dims).mean())
+            out[f"{name}_bits_per_dim_rk45_n"] = int(len(lp))
+            print(f"{name}: rk45 bits/dim {out[f'{name}_bits_per_dim_rk45_teps1e-5']:.3f} on {len(lp)} images",
+                  flush=True)
         lp, lid = [], []
         for xb in _batches(X, batch_size, device, shape):
             with torch.no_grad():
                 lp.append(module.log_prob(xb, g, shared_noise=True, **ODE_DEFAULTS).double().cpu())
             y0 = module.to_model_space(xb, g, shared_noise=True)
             probes = rademacher(8, y0.shape[1:], g, y0.device, y0.dtype)
-            lid.append(flipd_curve(module, y0, t0s, probes).detach().cpu())
+            with torch.no_grad():  # forward-mode JVPs need no graph; with one, 8 probes x 100 images fill 24 GB
+                lid.append(flipd_curve(module, y0, t0s, probes).cpu())
         lps[name] = torch.cat(lp).numpy()
         out[f"{name}_bits_per_dim"] = float(bits_per_dim(torch.cat(lp), module.n_dims).mean())
         out[f"{name}_mean_flipd"] = [round(float(v), 2) for v in torch.cat(lid).mean(0)]

@@ -145,6 +145,23 @@ def test_flipd_equals_its_closed_form_and_tends_to_the_subspace_dimension():
         flipd(model, y0, 0.0)
 
 
+def test_flipd_keeps_no_autograd_graph_of_a_trainable_network():
+    """With a graph, each probe's JVP would hold the network's activations for the whole batch (a 100-image
+    batch of the shipped UNet with 8 probes filled 24 GB); FLIPD is a score and must not build one, yet the
+    forward-mode JVPs still give the trace: equal with and without an outer no_grad."""
+    torch.manual_seed(0)
+    model = ScoreDiffusion((4,), net=ScoreMLP(4, hidden=16, n_layers=2, t_dim=4))
+    with torch.no_grad():  # the output layer starts at zero: random weights everywhere, as after training
+        for p in model.parameters():
+            p.normal_(0.0, 0.5)
+    y0 = torch.randn(5, 4)
+    probes = rademacher(3, (4,), torch.Generator().manual_seed(1))
+    out = flipd(model, y0, 0.1, probes)
+    assert not out.requires_grad and out.grad_fn is None
+    with torch.no_grad():
+        torch.testing.assert_close(flipd(model, y0, 0.1, probes), out, rtol=0, atol=0)
+    assert out.std() > 0  # the network's trace moved it from row to row
+
 def test_flipd_estimator_picks_the_grid_time_closest_to_the_target():
     net = _gaussian(6, rank=2, seed=6)
     model = _model(net, (6,))

@@ -305,7 +305,9 @@ class ScoreDiffusion(nn.Module):
             return np.concatenate([drift.double().cpu().numpy().ravel(), div.cpu().numpy()])
 
         state0 = np.concatenate([y.double().cpu().numpy().ravel(), np.zeros(n)])
-        sol = solve_ivp(rhs, (t_eps, 1.0), state0, method="RK45", rtol=1e-5, atol=1e-5)
+        # t_eval: keep only the end state; by default solve_ivp stores every accepted step, which on a
+        # stiff path (many thousand steps from a small t_eps) grows to gigabytes
+        sol = solve_ivp(rhs, (t_eps, 1.0), state0, method="RK45", rtol=1e-5, atol=1e-5, t_eval=[1.0])
         if not sol.success:
             raise RuntimeError(f"The probability-flow ODE solver failed: {sol.message}")
         end = sol.y[:, -1]

@@ -45,11 +45,15 @@ __all__ = ["flipd", "flipd_curve", "FLIPDLID", "T0_GRID"]
 T0_GRID = tuple(float(t) for t in np.geomspace(1e-3, 0.5, 16))
 
 
+@torch.no_grad()
 def flipd(model, y0: torch.Tensor, t0: float, probes: torch.Tensor | None = None) -> torch.Tensor:
     r"""FLIPD of each row of ``y0`` (model space) at :math:`t_0` (module docstring), float64 (n,).
 
     ``probes`` (P, \*shape): Hutchinson's trace estimate with those probes,
-    shared by all rows; None: the exact trace (D JVPs, chunked).
+    shared by all rows; None: the exact trace (D JVPs, chunked). Computed
+    without an autograd graph (the JVPs are forward-mode): FLIPD is a score,
+    not a loss, and a graph per probe would hold every activation of the
+    network for the whole batch.
     """
     t0 = float(t0)
     if not 0.0 < t0 < 1.0:
