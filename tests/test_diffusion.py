@@ -161,6 +161,10 @@ def test_flipd_keeps_no_autograd_graph_of_a_trainable_network():
     with torch.no_grad():
         torch.testing.assert_close(flipd(model, y0, 0.1, probes), out, rtol=0, atol=0)
     assert out.std() > 0  # the network's trace moved it from row to row
+    from dgmood.lid.normal_bundle import normal_bundle_singular_values
+
+    sv = normal_bundle_singular_values(model, y0, torch.randn(16, 4), 0.01, chunk_size=8)
+    assert not sv.requires_grad and sv.grad_fn is None
 
 def test_flipd_estimator_picks_the_grid_time_closest_to_the_target():
     net = _gaussian(6, rank=2, seed=6)

@@ -41,6 +41,7 @@ from .base import LIDEstimator, calibrate_log_tau
 __all__ = ["normal_bundle_singular_values", "gap_lid", "NormalBundleLID"]
 
 
+@torch.no_grad()
 def normal_bundle_singular_values(model, y0: torch.Tensor, eps: torch.Tensor, t0: float = 0.01,
                                   chunk_size: int = 256) -> torch.Tensor:
     r"""Singular values of :math:`V` (module docstring) for each row of ``y0`` (model space),
@@ -48,7 +49,8 @@ def normal_bundle_singular_values(model, y0: torch.Tensor, eps: torch.Tensor, t0
 
     Each point's K copies are evaluated in chunks of ``chunk_size`` rows (the
     last chunk padded to that size), so its values do not depend on the other
-    points.
+    points. No autograd graph is built (one would hold the activations of all
+    K evaluations).
     """
     t0 = float(t0)
     if not 0.0 < t0 < 1.0:
