@@ -27,8 +27,8 @@ def test_demo_writes_table_and_figures(tmp_path, capsys):
 
 
 def test_lid_flow_benchmark_and_demo_figure(tmp_path, capsys):
-    main(["benchmark", "--detector", "lid-flow", "--n", "12", "--n-cal", "24", "--n-boot", "20", "--json",
-          "--results-dir", str(tmp_path), "--param", "rule=joint", "--param", "n_steps=8", "--param", "batch_size=12"])
+    main(["benchmark", "--detector", "lid-flow", "--n", "8", "--n-cal", "16", "--n-boot", "20", "--json",
+          "--results-dir", str(tmp_path), "--param", "rule=joint", "--param", "n_steps=8", "--param", "batch_size=8"])
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["lid_method"] == "fast" and result["rule"] == "joint" and result["n_steps"] == 8
     for key in ("oracle_auroc", "likelihood_auroc", "lid_auroc", "log_tau", "lid_target"):
@@ -56,14 +56,14 @@ def test_benchmark_all_writes_a_result_and_scores_per_registered_detector_and_re
                         ("LIDLikelihoodDetector", "pretrained:fmnist-flow", {"n_steps": 8}))
     monkeypatch.setitem(benchmark.DETECTORS, "hvae-llr",
                         ("HVAELikelihoodRatioDetector", "pretrained:fmnist-hvae", {"k": "auto", "n_samples": 2}))
-    main(["benchmark", "--all", "--n", "12", "--n-cal", "24", "--n-boot", "20", "--json",
-          "--results-dir", str(tmp_path), "--param", "batch_size=12"])
+    main(["benchmark", "--all", "--n", "8", "--n-cal", "16", "--n-boot", "20", "--json",
+          "--results-dir", str(tmp_path), "--param", "batch_size=8"])
     lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert [r["detector"] for r in lines] == sorted(benchmark.DETECTORS)
     for r in lines:
-        assert (tmp_path / f"{r['detector']}_fashion_mnist_vs_mnist_n12.json").is_file()
+        assert (tmp_path / f"{r['detector']}_fashion_mnist_vs_mnist_n8.json").is_file()
         with np.load(tmp_path / "scores" / f"{r['detector']}_fashion_mnist_vs_mnist.npz") as f:
-            assert f["score_id"].shape == f["score_ood"].shape == (12,)
+            assert f["score_id"].shape == f["score_ood"].shape == (8,)
             assert any(k.startswith("id_") for k in f.files)
         assert r["images_per_second"] > 0 and 0 < r["score_seconds"] <= r["seconds"]
     published = tmp_path / "published.json"

@@ -59,7 +59,7 @@ DETECTORS = {
     "likelihood-ratio": lambda: LikelihoodRatioDetector("pretrained:fmnist-flow", batch_size=16, random_state=0),
     # saturated and random images through the probability-flow ODE and FLIPD
     "lid-diffusion": lambda: LIDLikelihoodDetector("pretrained:fmnist-diffusion", t0=0.01, n_probes=1,
-                                                   batch_size=16, random_state=0),
+                                                   ode_params={"steps": 2}, batch_size=16, random_state=0),
 }
 
 

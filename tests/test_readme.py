@@ -56,9 +56,9 @@ def test_shipped_lid_snippet():
     snippet = block[block.index("# likelihood + LID") :]
     smaller = {
         'LIDLikelihoodDetector("pretrained:fmnist-flow")': 'LIDLikelihoodDetector("pretrained:fmnist-flow", batch_size=8)',
-        'heldout_images("fmnist-flow", 128)': 'heldout_images("fmnist-flow", 24)',
+        'heldout_images("fmnist-flow", 128)': 'heldout_images("fmnist-flow", 16)',
         "[:64]": "[:8]",
-        'heldout_images("fmnist-flow", 256, random_state=1)': 'heldout_images("fmnist-flow", 16, random_state=1)',
+        'heldout_images("fmnist-flow", 256, random_state=1)': 'heldout_images("fmnist-flow", 12, random_state=1)',
     }
     for old, new in smaller.items():
         assert snippet.count(old) == 1, f"README LID snippet no longer contains {old!r}"
@@ -69,7 +69,7 @@ def test_shipped_lid_snippet():
     assert det.lid_method_ == "fast" and det.lid_target == "auto"  # the defaults the README promises
     assert scores.shape == (8,) and np.isfinite(scores).all()
     assert set(labels) <= {-1, 1}
-    assert len(det.calibration_scores_) == 16  # set_threshold replaced the calibration set
+    assert len(det.calibration_scores_) == 12  # set_threshold replaced the calibration set
     # MNIST is OOD for a FashionMNIST flow (AUROC ~0.98): it scores below typical held-out images.
-    # (Labels alone are not asserted: 24 calibration images with random probes move the threshold.)
+    # (Labels alone are not asserted: 12 calibration images with random probes move the threshold.)
     assert scores.mean() < np.median(det.calibration_scores_)
