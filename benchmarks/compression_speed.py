@@ -18,11 +18,7 @@ image. The JSON goes to ``benchmarks/results/compression_speed.json``.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,6 +26,7 @@ import torch
 from dgmood.compression import available_codecs, compressed_bits
 from dgmood.datasets import load_dataset
 from dgmood.pretrained import load_pretrained
+from _common import run_info, write_result
 
 NAME = "fmnist-flow"
 
@@ -83,13 +80,9 @@ def main(argv=None) -> int:
         "n_id": n, "n_ood": n, "input_shape": list(shape), "repeats": args.repeats,
         "png_ms_per_image": png["ms_per_image"], "png_under_1ms": png["ms_per_image"] < 1.0,
         "flow_ms_per_image": round(flow_ms, 4), "flow_batch_size": args.batch_size,
-        "codecs": rows, "threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
-        "command": "python benchmarks/compression_speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "codecs": rows, **run_info("compression_speed.py", argv),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result) if args.json else json.dumps(result, indent=1))
+    write_result(result, args.out, args.json)
     return 0
 
 

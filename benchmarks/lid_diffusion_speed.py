@@ -25,12 +25,8 @@ defaults, and the end-to-end detector (``--fit-n`` held-out images to fit,
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import platform
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,6 +39,7 @@ from dgmood.lid.flipd import flipd
 from dgmood.lid.normal_bundle import NormalBundleLID, gap_lid, normal_bundle_singular_values
 from dgmood.metrics import auroc
 from dgmood.pretrained import heldout_images, load_pretrained
+from _common import run_info, write_result
 
 NAME = "fmnist-diffusion"
 
@@ -139,14 +136,10 @@ def main(argv=None) -> int:
         "auroc_nb_gap": auroc(lid_gap[:n], lid_gap[n:]),
         "nb_evaluations_per_point": 4 * D, "flipd_evaluations_per_point": first["evaluations_per_point"],
         "settings": rows, "ode": dict(ODE_DEFAULTS), "ode_s_per_image": round(ode_s, 3), **timing,
-        "backbone_sha256": spec.metadata().get("sha256"), "threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
-        "command": "python benchmarks/lid_diffusion_speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "backbone_sha256": spec.metadata().get("sha256"), **run_info("lid_diffusion_speed.py", argv),
     }
     assert all(math.isfinite(v) for row in [result, *rows] for v in row.values() if isinstance(v, float))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result) if args.json else json.dumps(result, indent=1))
+    write_result(result, args.out, args.json)
     return 0
 
 

@@ -31,8 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
-import sys
 import time
 from pathlib import Path
 
@@ -49,6 +47,7 @@ from dgmood.lid.jacobian import (
 )
 from dgmood.metrics import auroc
 from dgmood.pretrained import heldout_images, load_pretrained
+from _common import run_info, write_result
 
 
 def _detector_timing(args, setting: dict) -> dict:
@@ -168,14 +167,10 @@ def main(argv=None) -> int:
         **timing,
         "exact_products_per_point": D,
         "backbone_sha256": spec.metadata().get("sha256"),
-        "threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
-        "command": "python benchmarks/lid_speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        **run_info("lid_speed.py", argv),
     }
     assert all(math.isfinite(v) for row in [result, *settings] for v in row.values() if isinstance(v, float))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result) if args.json else json.dumps(result, indent=1))
+    write_result(result, args.out, args.json)
     return 0
 
 

@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,6 +31,7 @@ from dgmood import LIDLikelihoodDetector
 from dgmood.datasets import load_dataset
 from dgmood.metrics import auroc, bootstrap_ci
 from dgmood.pretrained import heldout_images, load_pretrained
+from _common import run_info, write_result
 
 NAME = "fmnist-diffusion"
 #: the first is the reference (most steps and probes)
@@ -85,13 +84,9 @@ def main(argv=None) -> int:
         print(json.dumps(row), file=sys.stderr, flush=True)
     result = {
         "n_id": args.n, "n_ood": args.n, "n_calibration": args.n_cal, "settings": rows,
-        "backbone_sha256": spec.metadata().get("sha256"), "threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
-        "command": "python benchmarks/ode_settings.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "backbone_sha256": spec.metadata().get("sha256"), **run_info("ode_settings.py", argv),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result) if args.json else json.dumps(result, indent=1))
+    write_result(result, args.out, args.json)
     return 0
 
 
