@@ -3,7 +3,7 @@
 Usage (one variant per run; each writes ``<out-dir>/<tag>.json``)::
 
     python benchmarks/background_sweep.py --init bg --rate 0.3 --wd 0.1 --steps 500 --tag e3_bg_wd01
-    python benchmarks/background_sweep.py --summarize     # -> benchmarks/results/background_sweep.json
+    python benchmarks/background_sweep.py --summarize     # -> <out-dir>.json (benchmarks/results/background_sweep.json)
 
 A variant starts from ``--init``: the shipped background ("bg"), the shipped
 foreground ("fg"), a fresh copy of the architecture ("scratch", optionally
@@ -46,7 +46,7 @@ p.add_argument("--tag", default=None)
 p.add_argument("--out-dir", default="benchmarks/results/background_sweep")
 p.add_argument("--save-weights", action="store_true")
 p.add_argument("--summarize", action="store_true",
-               help="collect every <out-dir>/*.json into benchmarks/results/background_sweep.json and stop")
+               help="collect every <out-dir>/*.json into <out-dir>.json and stop")
 p.add_argument("--hidden", type=int, default=None)
 p.add_argument("--spl", type=int, default=None)
 a = p.parse_args()
@@ -60,7 +60,7 @@ if a.summarize:
                      "heldout_rho_ratio_png": r["heldout"]["rho_ratio_png"],
                      "heldout_bg_bpd": r["heldout"]["bg_bpd"], "mnist_bg_bpd": r["mnist"]["bg_bpd"],
                      "auroc_ratio": r["auroc_ratio"], "auroc_background": r["auroc_bg"]})
-    Path("benchmarks/results/background_sweep.json").write_text(json.dumps(
+    out.with_suffix(".json").write_text(json.dumps(
         {"about": __doc__.split("\n")[0], "rows": rows}, indent=1) + "\n")
     print(json.dumps(rows, indent=1))
     raise SystemExit(0)

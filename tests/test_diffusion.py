@@ -148,7 +148,7 @@ def test_flipd_equals_its_closed_form_and_tends_to_the_subspace_dimension():
 def test_flipd_keeps_no_autograd_graph_of_a_trainable_network():
     """With a graph, each probe's JVP would hold the network's activations for the whole batch (a 100-image
     batch of the shipped UNet with 8 probes filled 24 GB); FLIPD is a score and must not build one, yet the
-    forward-mode JVPs still give the trace: equal with and without an outer no_grad."""
+    forward-mode JVPs still give the trace: equal to the undecorated function's, which builds a graph."""
     torch.manual_seed(0)
     model = ScoreDiffusion((4,), net=ScoreMLP(4, hidden=16, n_layers=2, t_dim=4))
     with torch.no_grad():  # the output layer starts at zero: random weights everywhere, as after training
@@ -158,13 +158,16 @@ def test_flipd_keeps_no_autograd_graph_of_a_trainable_network():
     probes = rademacher(3, (4,), torch.Generator().manual_seed(1))
     out = flipd(model, y0, 0.1, probes)
     assert not out.requires_grad and out.grad_fn is None
-    with torch.no_grad():
-        torch.testing.assert_close(flipd(model, y0, 0.1, probes), out, rtol=0, atol=0)
+    with torch.enable_grad():  # the undecorated function, graph and all, gives the same numbers
+        with_graph = flipd.__wrapped__(model, y0, 0.1, probes)
+    assert with_graph.requires_grad
+    torch.testing.assert_close(with_graph.detach(), out, rtol=0, atol=0)
     assert out.std() > 0  # the network's trace moved it from row to row
     from dgmood.lid.normal_bundle import normal_bundle_singular_values
 
     sv = normal_bundle_singular_values(model, y0, torch.randn(16, 4), 0.01, chunk_size=8)
     assert not sv.requires_grad and sv.grad_fn is None
+
 
 def test_flipd_estimator_picks_the_grid_time_closest_to_the_target():
     net = _gaussian(6, rank=2, seed=6)
