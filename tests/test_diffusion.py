@@ -161,7 +161,8 @@ def test_flipd_keeps_no_autograd_graph_of_a_trainable_network():
     with torch.enable_grad():  # the undecorated function, graph and all, gives the same numbers
         with_graph = flipd.__wrapped__(model, y0, 0.1, probes)
     assert with_graph.requires_grad
-    torch.testing.assert_close(with_graph.detach(), out, rtol=0, atol=0)
+    # float32 kernels differ with and without autograd (about 1e-9 relative here): not bit for bit
+    torch.testing.assert_close(with_graph.detach(), out, rtol=1e-6, atol=0)
     assert out.std() > 0  # the network's trace moved it from row to row
     from dgmood.lid.normal_bundle import normal_bundle_singular_values
 
