@@ -59,6 +59,8 @@ def _demo(args) -> int:
                     "hvae-llr": (args.n_hvae, args.n_hvae)}.get(name, (args.n, args.n_cal))
         # a few hundred fit images cannot give local PCA its 1000 neighbours: use the shipped target
         params = {"lid_target": "pretrained"} if name.startswith("lid-") else {}
+        if name == "lid-diffusion":  # the t0 calibrated on 256 held-out images, recorded with the weights
+            params["t0"] = "pretrained"
         # scoring batches have a fixed shape (the last one padded): split n into equal batches instead
         params["batch_size"] = _even_batch_size(n, make_detector(name).batch_size)
         result, raw = run_benchmark(name, n=n, n_cal=n_cal, device=args.device, n_boot=args.n_boot, params=params)
@@ -226,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--n-cal", type=int, default=500, help="held-out training images to calibrate on")
     demo.add_argument("--n-lid", type=int, default=64, help="test images per set for lid-flow and lid-diffusion")
     demo.add_argument("--n-cal-lid", type=int, default=64,
-                      help="held-out images calibrating lid-flow's tau and lid-diffusion's t0")
+                      help="held-out images calibrating lid-flow's tau and both rules' thresholds "
+                           "(lid-diffusion scores at the t0 recorded with its weights)")
     demo.add_argument("--n-hvae", type=int, default=120, help="test (and calibration) images per set for hvae-llr")
     demo.add_argument("--detectors", nargs="+", default=["likelihood", "typicality", "lid-flow", "hvae-llr"],
                       choices=sorted(DETECTORS))

@@ -8,6 +8,12 @@ target). The reference sample is the backbone's held-out training images
 (never seen in training), the queries a seeded random subset of them::
 
     python scripts/lid_target.py fmnist-flow --n-queries 1000
+
+On a diffusion it also records ``flipd_t0``, the time that
+``LIDLikelihoodDetector(t0="auto")`` picks for that target on ``--flipd-n``
+of the held-out images (the detector's own grid search, probes and
+dequantization), with the grid's mean FLIPD curve; ``t0="pretrained"`` then
+skips the search.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ def main(argv=None):
     p.add_argument("--n-neighbors", type=int, default=defaults["lpca_neighbors"])
     p.add_argument("--alpha", type=float, default=defaults["lpca_alpha"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--flipd-n", type=int, default=256, help="diffusion: held-out images for flipd_t0 (0: skip)")
     p.add_argument("--dry-run", action="store_true", help="print, do not write the metadata")
     args = p.parse_args(argv)
 
@@ -60,6 +67,14 @@ def main(argv=None):
         "seconds": round(time.time() - t0, 1),
         "command": "python scripts/lid_target.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
     }
+    if spec.kind == "diffusion" and args.flipd_n:
+        t1 = time.time()
+        det = LIDLikelihoodDetector(f"pretrained:{args.name}", lid_target=record["lpca_target"],
+                                    n_calibration=args.flipd_n, random_state=args.seed)
+        det.fit(queries[: args.flipd_n])
+        record.update(flipd_t0=det.t0_, flipd_n=int(min(args.flipd_n, len(queries))), flipd_n_probes=det.n_probes,
+                      flipd_t0_curve=[[float(t), float(m)] for t, m in det.t0_curve_],
+                      flipd_seconds=round(time.time() - t1, 1))
     print(json.dumps(record, indent=1))
     if not args.dry_run:
         meta["lid_calibration"] = record

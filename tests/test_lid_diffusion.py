@@ -70,6 +70,20 @@ def test_fixed_t0_skips_the_grid(subspace):
     assert not hasattr(det, "t0_curve_")
 
 
+
+def test_pretrained_t0_is_the_shipped_diffusions_record_and_needs_one(subspace):
+    """t0="pretrained" scores at the time scripts/lid_target.py calibrated (no grid search); a backbone
+    without that record is refused with the way out named."""
+    from dgmood.pretrained import REGISTRY, heldout_images
+
+    recorded = REGISTRY["fmnist-diffusion"].metadata()["lid_calibration"]["flipd_t0"]
+    det = LIDLikelihoodDetector("pretrained:fmnist-diffusion", t0="pretrained", n_probes=1, batch_size=8,
+                                ode_params={"steps": 2}, random_state=0).fit(heldout_images("fmnist-diffusion", 8))
+    assert det.t0_ == recorded and det.lid_estimator_.t0s == (recorded,) and not hasattr(det, "t0_curve_")
+    module, _, X_id, _ = subspace
+    with pytest.raises(ValueError, match=r"t0='pretrained' needs a shipped diffusion.*t0='auto'"):
+        LIDLikelihoodDetector(module, max_epochs=0, data_range="real", t0="pretrained").fit(X_id[:50])
+
 def test_a_method_of_the_other_backbone_kind_is_refused(subspace):
     module, _, X_id, _ = subspace
     with pytest.raises(ValueError, match=r"needs a flow backbone.*valid lid_method values for it: \['auto', 'flipd', 'normal_bundle'\]"):

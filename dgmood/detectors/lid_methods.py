@@ -32,12 +32,12 @@ def _jacobian(method):
 
 
 def _flipd(det):
-    t0s = T0_GRID if det.t0 == "auto" else (float(det.t0),)
+    t0s = T0_GRID if det.t0 in ("auto", "pretrained") else (float(det.t0),)  # "pretrained": set in fit
     return FLIPDLID(t0s, trace="hutchinson", n_probes=det._n_probes("flipd"))
 
 
 def _normal_bundle(det):
-    return NormalBundleLID(t0=0.01 if det.t0 == "auto" else float(det.t0))
+    return NormalBundleLID(t0=0.01 if det.t0 in ("auto", "pretrained") else float(det.t0))
 
 
 #: ``lid_method`` names and the estimator each builds from the detector's parameters.
