@@ -26,7 +26,12 @@ def test_demo_writes_table_and_figures(tmp_path, capsys):
     assert (tmp_path / "hvae_llr_per_k.png").stat().st_size > 1000
 
 
-def test_lid_flow_benchmark_and_demo_figure(tmp_path, capsys):
+def test_lid_flow_benchmark_and_demo_figure(tmp_path, capsys, monkeypatch):
+    from dgmood import benchmark
+
+    # the demo has no n_steps flag: 8 Golub-Kahan steps instead of 35 keep this test cheap
+    monkeypatch.setitem(benchmark.DETECTORS, "lid-flow",
+                        ("LIDLikelihoodDetector", "pretrained:fmnist-flow", {"n_steps": 8}))
     main(["benchmark", "--detector", "lid-flow", "--n", "8", "--n-cal", "16", "--n-boot", "20", "--json",
           "--results-dir", str(tmp_path), "--param", "rule=joint", "--param", "n_steps=8", "--param", "batch_size=8"])
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
