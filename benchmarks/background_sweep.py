@@ -23,11 +23,17 @@ image complexity, so on in-distribution images it should not track it
 (|rho| small). ``auroc_ratio`` (MNIST positive) is reported beside it and is
 not used to choose anything.
 """
-import argparse, json, time, math
+import argparse
+import json
+import time
 from pathlib import Path
-import numpy as np, torch
+
+import numpy as np
+import torch
 from scipy.stats import spearmanr
-from dgmood.pretrained import load_pretrained, heldout_images, build_module
+
+from dgmood.backbones.flows import bits_per_dim
+from dgmood.pretrained import REGISTRY, build_module, heldout_images, load_pretrained
 from dgmood.datasets import load_fashion_mnist, load_dataset
 from dgmood.backbones.mutation import mutate_pixels
 from dgmood.compression import compressed_bits
@@ -76,10 +82,10 @@ elif a.init == "scratch":
     bg = build_module("fmnist-flow-background", **kw)
     print("params", sum(p.numel() for p in bg.parameters()))
 else:
-    bg = build_module("fmnist-flow-background"); bg.load_state_dict(torch.load(a.init))
+    bg = build_module("fmnist-flow-background")
+    bg.load_state_dict(torch.load(a.init))
 shape = tuple(spec.input_shape)
-meta = json.loads(Path("dgmood/weights/fmnist-flow.json").read_text())
-held = set(meta["heldout_train_indices"])
+held = set(REGISTRY["fmnist-flow"].metadata()["heldout_train_indices"])
 Xtr = load_fashion_mnist("train")[0]
 Xtr = Xtr[[i for i in range(len(Xtr)) if i not in held]]
 t_train = time.time()
@@ -92,7 +98,8 @@ if a.steps:
         x = torch.as_tensor(Xtr[idx], dtype=torch.float32).reshape(-1, *shape)
         x = mutate_pixels(x, a.rate) / 255.0
         loss = bg(x).mean()
-        opt.zero_grad(); loss.backward()
+        opt.zero_grad()
+        loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(bg.parameters(), 100.0)
         opt.step()
         if step % 50 == 0:
@@ -103,27 +110,31 @@ if a.steps:
 t_train = time.time() - t_train
 bg.eval()
 
+
 @torch.no_grad()
 def lp(m, X):
     g = torch.Generator().manual_seed(0)
     return torch.cat([m.log_prob(torch.as_tensor(X[i:i+250], dtype=torch.float32).reshape(-1, *shape) / 255.0, generator=g).double()
                       for i in range(0, len(X), 250)]).numpy()
 
+
 Xh = heldout_images("fmnist-flow", a.n, random_state=0)
 Xi, _ = load_dataset("fashion_mnist", "test", n=a.n, random_state=0)
 Xo, _ = load_dataset("mnist", "test", n=a.n, random_state=0)
 res = {k: v for k, v in vars(a).items()}
 res["train_s"] = round(t_train, 1)
-D = 784
+D = fg.n_dims
 for name, X in (("heldout", Xh), ("fmnist", Xi), ("mnist", Xo)):
     f, b = lp(fg, X), lp(bg, X)
     c = compressed_bits(X, shape, "png")
-    res[name] = {"fg_bpd": float(-f.mean() / D / math.log(2) + 8), "bg_bpd": float(-b.mean() / D / math.log(2) + 8),
+    res[name] = {"fg_bpd": float(bits_per_dim(f, D).mean()), "bg_bpd": float(bits_per_dim(b, D).mean()),
                  "rho_ratio_png": float(spearmanr(f - b, c).statistic), "rho_fg_png": float(spearmanr(f, c).statistic),
                  "rho_bg_png": float(spearmanr(b, c).statistic)}
     res[name + "_scores"] = (f, b)
-fi, bi = res.pop("fmnist_scores"); fo, bo = res.pop("mnist_scores"); res.pop("heldout_scores")
+fi, bi = res.pop("fmnist_scores")
+fo, bo = res.pop("mnist_scores")
+res.pop("heldout_scores")
 res["auroc_ratio"] = auroc(fi - bi, fo - bo)
-res["auroc_fg"] = auroc(fi, fo); res["auroc_bg"] = auroc(bi, bo)
+res["auroc_fg"], res["auroc_bg"] = auroc(fi, fo), auroc(bi, bo)
 print(json.dumps(res, indent=1))
 (out / f"{a.tag}.json").write_text(json.dumps(res, indent=1))

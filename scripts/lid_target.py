@@ -72,7 +72,7 @@ def main(argv=None):
         det = LIDLikelihoodDetector(f"pretrained:{args.name}", lid_target=record["lpca_target"],
                                     n_calibration=args.flipd_n, random_state=args.seed)
         det.fit(queries[: args.flipd_n])
-        record.update(flipd_t0=det.t0_, flipd_n=int(min(args.flipd_n, len(queries))), flipd_n_probes=det.n_probes,
+        record.update(flipd_t0=det.t0_, flipd_n=int(min(args.flipd_n, len(queries))), flipd_n_probes=det.lid_estimator_.n_probes,
                       flipd_t0_curve=[[float(t), float(m)] for t, m in det.t0_curve_],
                       flipd_seconds=round(time.time() - t1, 1))
     print(json.dumps(record, indent=1))

@@ -33,7 +33,7 @@ def test_lid_flow_benchmark_and_demo_figure(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(benchmark.DETECTORS, "lid-flow",
                         ("LIDLikelihoodDetector", "pretrained:fmnist-flow", {"n_steps": 8}))
     main(["benchmark", "--detector", "lid-flow", "--n", "8", "--n-cal", "16", "--n-boot", "20", "--json",
-          "--results-dir", str(tmp_path), "--param", "rule=joint", "--param", "n_steps=8", "--param", "batch_size=8"])
+          "--results-dir", str(tmp_path), "--param", "rule=joint", "--param", "batch_size=8"])
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["lid_method"] == "fast" and result["rule"] == "joint" and result["n_steps"] == 8
     for key in ("oracle_auroc", "likelihood_auroc", "lid_auroc", "log_tau", "lid_target"):

@@ -70,7 +70,6 @@ def test_fixed_t0_skips_the_grid(subspace):
     assert not hasattr(det, "t0_curve_")
 
 
-
 def test_pretrained_t0_is_the_shipped_diffusions_record_and_needs_one(subspace):
     """t0="pretrained" scores at the time scripts/lid_target.py calibrated (no grid search); a backbone
     without that record is refused with the way out named."""
@@ -83,6 +82,7 @@ def test_pretrained_t0_is_the_shipped_diffusions_record_and_needs_one(subspace):
     module, _, X_id, _ = subspace
     with pytest.raises(ValueError, match=r"t0='pretrained' needs a shipped diffusion.*t0='auto'"):
         LIDLikelihoodDetector(module, max_epochs=0, data_range="real", t0="pretrained").fit(X_id[:50])
+
 
 def test_a_method_of_the_other_backbone_kind_is_refused(subspace):
     module, _, X_id, _ = subspace

@@ -258,14 +258,9 @@ class LIDLikelihoodDetector(BaseDetector):
         check_ode_params(self.ode_params)
 
     def _lid_estimator(self):
-        """A fresh estimator: a user's instance is deep-copied, since fitting may set its times (FLIPD)."""
+        """A fresh estimator: a user's instance is deep-copied, since fitting sets its times (FLIPD)."""
         method = self.lid_method_
-        if isinstance(method, str):
-            return LID_METHODS[method](self)
-        estimator = copy.deepcopy(method)
-        if getattr(estimator, "calibrates_on_grid", False) and self.t0 not in ("auto", "pretrained"):
-            estimator.t0s = (float(self.t0),)
-        return estimator
+        return LID_METHODS[method](self) if isinstance(method, str) else copy.deepcopy(method)
 
     def _batch_components(self, module, xb, generators, n_valid):
         """log p and the LID estimator's raw quantities (counted later, for any tau).

@@ -32,8 +32,8 @@ def _jacobian(method):
 
 
 def _flipd(det):
-    t0s = T0_GRID if det.t0 in ("auto", "pretrained") else (float(det.t0),)  # "pretrained": set in fit
-    return FLIPDLID(t0s, trace="hutchinson", n_probes=det._n_probes("flipd"))
+    # the whole grid; fit narrows it to t0_ (fixed, "pretrained" or calibrated on it)
+    return FLIPDLID(T0_GRID, trace="hutchinson", n_probes=det._n_probes("flipd"))
 
 
 def _normal_bundle(det):
